@@ -1,0 +1,134 @@
+"""mihd.cluster: every registered method reaches exactly K, recovers well-separated
+blobs, and is deterministic per seed. Parametrized over METHODS, so a new method is
+tested without editing this file."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+from mihd.cluster import METHODS, cluster_embedding
+
+
+def _r_mclust_available() -> bool:
+    if importlib.util.find_spec("rpy2") is None:
+        return False
+    try:
+        import rpy2.robjects as ro
+
+        return bool(ro.r('isTRUE(suppressWarnings(requireNamespace("mclust", quietly = TRUE)))')[0])
+    except Exception:
+        return False
+
+
+HAS_PYMCLUSTR = importlib.util.find_spec("mclust_py") is not None
+HAS_R_MCLUST = _r_mclust_available()
+NO_MCLUST = "method='mclust' needs R + mclust + rpy2 or `pip install pymclustr`; neither is installed"
+
+# hc_subset < n exercises the subset initialisation (both test sets have >= 300
+# points). Keep it above 200: pymclustr switches to an exact, ~100x slower
+# hierarchical clustering at <= 200 points.
+FAST_OPTIONS = {"mclust": {"hc_subset": 250}}
+
+
+def _method_param(name: str):
+    marks = [pytest.mark.skipif(not (HAS_PYMCLUSTR or HAS_R_MCLUST), reason=NO_MCLUST)] if name == "mclust" else []
+    return pytest.param(name, marks=marks, id=name)
+
+
+ALL_METHODS = [_method_param(m) for m in METHODS]
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(n_samples=600, n_features=10, centers=5, cluster_std=1.0, random_state=0)
+    return X, y
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_method_reaches_k_and_recovers_blobs(blobs, method):
+    X, y = blobs
+    labels = cluster_embedding(X, 5, method=method, seed=0, **FAST_OPTIONS.get(method, {}))
+    assert labels.dtype == np.int64
+    assert labels.shape == (600,)
+    assert set(np.unique(labels)) == set(range(5))
+    sizes = np.bincount(labels)
+    assert (np.diff(sizes) <= 0).all(), "labels are numbered by decreasing size"
+    assert adjusted_rand_score(y, labels) > 0.9
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_same_seed_same_labels(method):
+    # Overlapping blobs, so a seed has something to decide.
+    X, _ = make_blobs(n_samples=300, n_features=6, centers=4, cluster_std=3.0, random_state=1)
+    opts = FAST_OPTIONS.get(method, {})
+    first = cluster_embedding(X, 4, method=method, seed=7, **opts)
+    second = cluster_embedding(X, 4, method=method, seed=7, **opts)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_unknown_method_lists_the_methods(blobs):
+    with pytest.raises(ValueError, match="unknown cluster method 'louvain'") as err:
+        cluster_embedding(blobs[0], 5, method="louvain")
+    for name in METHODS:
+        assert name in str(err.value)
+
+
+def test_unknown_option_lists_accepted_ones(blobs):
+    with pytest.raises(TypeError, match=r"'kmeans' does not take option\(s\) covariance_type; it accepts: n_init"):
+        cluster_embedding(blobs[0], 5, method="kmeans", covariance_type="tied")
+
+
+@pytest.mark.parametrize(
+    ("X", "k", "error", "message"),
+    [
+        (np.zeros(10), 2, ValueError, "X must be 2-D"),
+        (np.where(np.eye(10) > 0, np.nan, 1.0), 2, ValueError, "NaN or infinite values in 10 of 10 rows"),
+        (np.random.default_rng(0).random((10, 3)), 1, ValueError, r"n_clusters must be in 2..n_samples-1 = 2..9"),
+        (np.random.default_rng(0).random((10, 3)), 10, ValueError, r"got 10"),
+        (np.random.default_rng(0).random((10, 3)), 2.5, TypeError, "n_clusters must be an integer"),
+    ],
+    ids=["1-D", "nan", "k=1", "k=n", "k-float"],
+)
+def test_bad_input_is_rejected(X, k, error, message):
+    with pytest.raises(error, match=message):
+        cluster_embedding(X, k)
+
+
+def test_leiden_reports_unreachable_k(blobs):
+    # The 15-NN graph of five far-apart blobs falls into five parts: K < 5 is impossible.
+    with pytest.raises(ValueError, match="5 disconnected parts, more than n_clusters=3"):
+        cluster_embedding(blobs[0], 3, method="leiden")
+    # A resolution window that is far too low: the search stops and names the closest K.
+    with pytest.raises(RuntimeError, match=r"closest was K=5 .*method='gmm' or 'kmeans'"):
+        cluster_embedding(blobs[0], 7, method="leiden", resolution_range=(1e-4, 2e-4), max_steps=3)
+
+
+@pytest.mark.skipif(not HAS_PYMCLUSTR, reason="pymclustr (import name mclust_py) is not installed")
+def test_mclust_python_backend(blobs):
+    # The registry-parametrized tests use a subset start; this one starts from all spots.
+    X, y = blobs
+    labels = cluster_embedding(X, 5, method="mclust", backend="python", hc_subset=None)
+    assert adjusted_rand_score(y, labels) > 0.9
+
+
+@pytest.mark.skipif(not HAS_R_MCLUST, reason="R with the mclust package and rpy2 are not installed")
+def test_mclust_r_backend(blobs):
+    X, y = blobs
+    labels = cluster_embedding(X, 5, method="mclust", backend="r")
+    assert adjusted_rand_score(y, labels) > 0.9
+
+
+def test_mclust_without_any_backend_says_what_to_install(blobs, monkeypatch):
+    # A None entry in sys.modules makes `import` raise ImportError.
+    for mod in ("rpy2", "rpy2.robjects", "mclust_py"):
+        monkeypatch.setitem(sys.modules, mod, None)
+    with pytest.raises(ImportError, match=r'pip install "mihd\[mclust\]"'):
+        cluster_embedding(blobs[0], 5, method="mclust")
+    with pytest.raises(ImportError, match="backend='r' needs R"):
+        cluster_embedding(blobs[0], 5, method="mclust", backend="r")
