@@ -172,8 +172,9 @@ def knn_indices(
     engine
         ``"kdtree"``: `scipy.spatial.cKDTree`, any dimension, queried in
         Morton (Z-order) sorted chunks for cache locality and bounded memory.
-        ``"grid"``: exact search on a uniform cell grid, numba-parallel, 2-D only;
-        about 3x faster than the KD-tree at 10^6 points and k = 50.
+        ``"grid"``: exact search on a uniform cell grid, numba-compiled and
+        multithreaded, 2-D only; 3-7x faster than the KD-tree engine at 10^6
+        points (``benchmarks/refine/results.md``).
         ``"auto"``: grid for 2-D inputs with at least `GRID_MIN_POINTS` points,
         unless they are spread too unevenly for cells of balanced size (say, a
         far outlier beside a dense slice); kdtree otherwise.

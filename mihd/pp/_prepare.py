@@ -1,0 +1,205 @@
+"""One preparation step shared by every run of a slice: gene and image features, cached.
+
+``prepare_inputs`` turns an AnnData (raw counts, coordinates, images) into per-modality
+feature matrices. The result is cached on disk under a key made of a fingerprint of
+the data and every encoder parameter, so runs that differ only in fusion, seed or
+clustering reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..encoders import extract_patches, get_gene_encoder, get_image_encoder, patch_geometry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PreparedInputs", "prepare_inputs", "data_fingerprint"]
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class PreparedInputs:
+    """Per-modality features of one slice, aligned to ``obs_names``."""
+
+    features: dict[str, np.ndarray]
+    coords: np.ndarray | None
+    obs_names: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {m: int(x.shape[1]) for m, x in self.features.items()}
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs_names)
+
+
+def _spatial_entry(adata) -> tuple[str | None, dict]:
+    spatial = adata.uns.get("spatial", {}) if hasattr(adata, "uns") else {}
+    if not isinstance(spatial, dict) or not spatial:
+        return None, {}
+    lib = next(iter(spatial))
+    return lib, spatial[lib]
+
+
+def data_fingerprint(adata) -> str:
+    """Cheap, content-based hash of counts, spot names, coordinates and images."""
+    h = hashlib.sha1()
+    h.update(str(adata.shape).encode())
+    h.update("\x1f".join(map(str, adata.obs_names)).encode())
+    h.update("\x1f".join(map(str, adata.var_names)).encode())
+    x = adata.X
+    data = x.data if hasattr(x, "data") and not isinstance(x, np.ndarray) else np.asarray(x)
+    h.update(np.float64(np.asarray(data, dtype=np.float64).sum()).tobytes())
+    h.update(np.int64(getattr(x, "nnz", data.size)).tobytes())
+    if "spatial" in adata.obsm:
+        h.update(np.ascontiguousarray(adata.obsm["spatial"], dtype=np.float64).tobytes())
+    _, entry = _spatial_entry(adata)
+    for key, img in sorted(entry.get("images", {}).items()):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(img).tobytes())
+    h.update(json.dumps(entry.get("scalefactors", {}), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _encode_image(adata, encoder, *, context: float, patch_px: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    lib, entry = _spatial_entry(adata)
+    if lib is None or not entry.get("images"):
+        raise KeyError(
+            "encoder.image is set but the data has no image under uns['spatial'][<library_id>]['images']; "
+            "read a Space Ranger folder with its spatial/ images, or use encoder.image=none."
+        )
+    geom = patch_geometry(entry.get("scalefactors", {}), entry["images"], context=context)
+    image = np.asarray(entry["images"][geom.image_key], dtype=np.float32)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    image = image[:, :, :3]
+    if image.max() > 1.5:  # uint8-range images
+        image = image / 255.0
+    centers = np.asarray(adata.obsm["spatial"], dtype=np.float64) * geom.scale
+    feats, outside = [], []
+    # Stream patches in batches: memory stays O(batch) whatever the number of spots.
+    for start in range(0, adata.n_obs, batch_size):
+        patches, out = extract_patches(image, centers[start : start + batch_size], geom.side_img_px, out_px=patch_px)
+        feats.append(encoder.encode(patches))
+        outside.append(out)
+    info = {"library_id": lib, "image_key": geom.image_key, "scale": geom.scale, "patch_side_img_px": geom.side_img_px}
+    return np.concatenate(feats), np.concatenate(outside), info
+
+
+def prepare_inputs(
+    adata,
+    *,
+    gene: str = "pca",
+    gene_options: dict | None = None,
+    image: str | None = "stats",
+    image_options: dict | None = None,
+    patch_context: float = 2.0,
+    patch_px: int = 16,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 4096,
+) -> PreparedInputs:
+    """Compute (or load from cache) the per-modality features of a slice.
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``X``; ``obsm["spatial"]`` as ``(x, y)`` full-res pixels when
+        coordinates exist; images under ``uns["spatial"][library_id]``.
+    gene, gene_options
+        Registered gene encoder and its options (see `mihd.encoders.list_gene_encoders`).
+    image, image_options
+        Registered image encoder and options, or ``None`` / ``"none"`` for genes only.
+    patch_context
+        Patch side as a multiple of the spot diameter (``spot_diameter_fullres``).
+    patch_px
+        Side of the resampled patch grid handed to the image encoder.
+    cache_dir
+        Where prepared inputs are cached; ``None`` disables caching.
+    batch_size
+        Spots per patch batch.
+
+    Returns
+    -------
+    PreparedInputs
+        ``features["gene"]`` and, with an image encoder, ``features["image"]``;
+        ``coords`` (``None`` without ``obsm["spatial"]``); ``meta`` with every
+        parameter, the cache key and the number of patches padded at the image edge.
+    """
+    image = None if image in (None, "none", "None", "") else image
+    gene_enc = get_gene_encoder(gene)(**(gene_options or {}))
+    image_enc = get_image_encoder(image)(**(image_options or {})) if image else None
+    coords = np.asarray(adata.obsm["spatial"], dtype=np.float64) if "spatial" in adata.obsm else None
+    if image_enc is not None and coords is None:
+        raise KeyError(
+            f"encoder.image={image} needs spot coordinates in obsm['spatial'] to place patches; "
+            f"obsm has {list(adata.obsm.keys())}. Use encoder.image=none."
+        )
+    params = {
+        "version": CACHE_VERSION,
+        "gene": gene,
+        "gene_params": gene_enc.params,
+        "image": image,
+        "image_params": image_enc.params if image_enc else None,
+        "patch_context": patch_context if image_enc else None,
+        "patch_px": patch_px if image_enc else None,
+    }
+    key = hashlib.sha1(
+        (data_fingerprint(adata) + json.dumps(params, sort_keys=True, default=str)).encode()
+    ).hexdigest()[:20]
+    path = Path(cache_dir) / f"prepared-{key}.npz" if cache_dir else None
+    meta = {"cache_key": key, "params": params}
+    if path is not None and path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                feats = {m: z[f"feat_{m}"] for m in json.loads(str(z["modalities"]))}
+                meta.update(json.loads(str(z["meta"])))
+            log.info("prepared inputs loaded from cache %s", path)
+            meta["cache_hit"] = True
+            return PreparedInputs(feats, coords, np.asarray(adata.obs_names), meta)
+        except (OSError, KeyError, ValueError) as err:  # a corrupt cache is recomputed, not fatal
+            log.warning("ignoring unreadable cache file %s (%s); recomputing", path, err)
+
+    feats = {"gene": gene_enc.encode(adata)}
+    if image_enc is not None:
+        if hasattr(image_enc, "fit"):
+            image_enc.fit(None)
+        feats["image"], outside, info = _encode_image(adata, image_enc, context=patch_context, patch_px=patch_px, batch_size=batch_size)
+        meta.update(info)
+        meta["n_patches_padded"] = int(outside.sum())
+    for m, x in feats.items():
+        if not np.isfinite(x).all():
+            raise ValueError(f"the {m} encoder produced non-finite features; check the input counts/image.")
+    meta["cache_hit"] = False
+    if path is not None:
+        _atomic_savez(
+            path,
+            modalities=np.asarray(json.dumps(sorted(feats))),
+            meta=np.asarray(json.dumps({k: v for k, v in meta.items() if k not in ("cache_hit",)}, default=str)),
+            **{f"feat_{m}": x for m, x in feats.items()},
+        )
+    return PreparedInputs(feats, coords, np.asarray(adata.obs_names), meta)

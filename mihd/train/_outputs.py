@@ -1,0 +1,64 @@
+"""The run folder: AnnData, metrics.json, resolved config, domain map, console summary."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ._io import atomic_write, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+SCORE_COLUMNS = ("ari", "nmi", "ami", "homogeneity", "completeness", "chaos", "pas")
+
+
+def _config_yaml(cfg) -> str:
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # plain dicts from notebooks
+        import json
+
+        return json.dumps(cfg, indent=2, default=str)
+
+
+def summary_table(metrics: dict) -> str:
+    """A short fixed-width table of scores before / after refinement."""
+    rows = metrics["scores"]
+    cols = [c for c in SCORE_COLUMNS if c in rows["after_refinement"]]
+    head = f"{'':<20}" + "".join(f"{c:>13}" for c in cols)
+    lines = [f"mihd train  fusion={metrics['fusion']}  data={metrics['data']}  seed={metrics['seed']}  "
+             f"K={metrics['n_domains']}  spots={metrics['n_spots']}", head]
+    for stage in ("before_refinement", "after_refinement"):
+        lines.append(f"{stage:<20}" + "".join(f"{rows[stage][c]:>13.3f}" for c in cols))
+    t = metrics["timing_seconds"]
+    lines.append(f"time: prepare {t['prepare']} s, train {t['train']} s, cluster {t['cluster']} s, total {t['total']} s")
+    return "\n".join(lines)
+
+
+def write_run(result, cfg, *, truth_key: str | None) -> Path:
+    """Write every output of one run into ``result.run_dir``, each file atomically."""
+    run_dir = Path(result.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    adata = result.adata
+    write_text(run_dir / "config.yaml", _config_yaml(cfg))
+    keys = [result.label_key, result.refined_key] + ([truth_key] if truth_key else [])
+    if "spatial" in adata.obsm:
+        from ..pl import spatial_domains
+
+        titles = ["domains", "refined domains"] + (["ground truth"] if truth_key else [])
+        fig = spatial_domains(adata, keys, titles=titles)
+        atomic_write(run_dir / "domains.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    # h5ad cannot store nested dicts with None; keep uns JSON-safe.
+    atomic_write(run_dir / "adata.h5ad", lambda tmp: adata.write_h5ad(tmp))
+    result.metrics["outputs"] = {
+        "adata": str(run_dir / "adata.h5ad"),
+        "config": str(run_dir / "config.yaml"),
+        "domains_png": str(run_dir / "domains.png") if "spatial" in adata.obsm else None,
+    }
+    write_json(run_dir / "metrics.json", result.metrics)  # last: its presence marks a finished run
+    return run_dir

@@ -1,0 +1,391 @@
+"""``train(cfg)``: one slice in, a trained fusion, clustered and refined domains, scores out.
+
+A plain function (lightning-hydra-template style) so that notebooks and tests call
+it directly; ``mihd train`` is a thin Hydra wrapper around it. Every check on the
+configuration and the data runs before any long computation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._device import resolve_device
+from ..fusion import fusion_info
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train", "RunResult", "load_slice", "validate_config"]
+
+
+@dataclass
+class RunResult:
+    """What ``train`` returns: the annotated AnnData, the scores and where outputs went."""
+
+    adata: object
+    metrics: dict
+    run_dir: Path | None
+    embedding_key: str
+    label_key: str
+    refined_key: str
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _cfg_get(cfg, dotted: str, default=None):
+    node = cfg
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        try:
+            node = node[part]
+        except (KeyError, AttributeError, TypeError):
+            return default
+    return default if node is None else node
+
+
+def _to_dict(node) -> dict:
+    if node is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(node, DictConfig):
+            return OmegaConf.to_container(node, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return dict(node)
+
+
+def validate_config(cfg) -> dict:
+    """Check names and options against the registries before anything runs.
+
+    Returns the few resolved facts the runner needs (fusion info, cluster method).
+    Raises ``ValueError`` / ``KeyError`` whose messages name the option and what would work.
+    """
+    from ..cluster import METHODS
+
+    name = _cfg_get(cfg, "fusion.name")
+    if not name:
+        raise ValueError("no fusion given; use fusion=<name>.")
+    info = fusion_info(str(name))  # unknown name -> lists the registered ones
+    method = _cfg_get(cfg, "cluster.method", "gmm")
+    if method not in METHODS:
+        raise ValueError(f"cluster.method={method!r} is unknown; use one of {sorted(METHODS)}.")
+    k = _cfg_get(cfg, "data.n_domains")
+    if k is None or int(k) < 2:
+        raise ValueError(
+            f"data.n_domains={k!r}: set the number of spatial domains K to find (>= 2), e.g. data.n_domains=7."
+        )
+    space = _cfg_get(cfg, "cluster.space", "embedding")
+    if space not in ("embedding", "reconstruction"):
+        raise ValueError(f"cluster.space={space!r}; use 'embedding' or 'reconstruction'.")
+    from ..encoders import get_gene_encoder, get_image_encoder
+
+    get_gene_encoder(_cfg_get(cfg, "encoder.gene", "pca"))
+    image = _cfg_get(cfg, "encoder.image", "stats")
+    if image not in (None, "none"):
+        get_image_encoder(image)
+    resolve_device(_cfg_get(cfg, "trainer.accelerator", "auto"))
+    return {"info": info, "method": method, "n_domains": int(k)}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_slice(data_cfg):
+    """Read the slice a ``data`` config describes (the bundled example when ``path`` is null)."""
+    from ..data import dlpfc_151673, read_slice
+
+    path = _cfg_get(data_cfg, "path")
+    annotation = _cfg_get(data_cfg, "annotation")
+    key = _cfg_get(data_cfg, "annotation_key", "ground_truth")
+    if path is None:
+        if _cfg_get(data_cfg, "example") not in (None, "dlpfc_151673"):
+            raise ValueError(f"data.example={_cfg_get(data_cfg, 'example')!r} is unknown; the bundled example is dlpfc_151673.")
+        return dlpfc_151673()
+    path = Path(os.path.expanduser(str(path)))
+    if not path.exists():
+        raise FileNotFoundError(
+            f"data.path={str(path)!r} does not exist; give a Space Ranger output folder "
+            "(filtered_feature_bc_matrix.h5 + spatial/) or an .h5ad file."
+        )
+    kwargs = {}
+    if path.is_dir():
+        kwargs = {"annotation": annotation, "annotation_key": key}
+        if _cfg_get(data_cfg, "fullres_image"):
+            kwargs["fullres_image"] = _cfg_get(data_cfg, "fullres_image")
+    adata = read_slice(path, **kwargs)
+    if path.is_file() and annotation:
+        from ..data import add_annotation
+
+        add_annotation(adata, annotation, key=key)
+    return adata
+
+
+def _normalise_coords(xy: np.ndarray) -> np.ndarray:
+    """Centre and scale coordinates to unit spread so positional encodings are resolution-free."""
+    xy = xy - xy.mean(0)
+    return (xy / (xy.std(0).max() + 1e-12)).astype(np.float32)
+
+
+def _standardise(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-modality scaling: genes keep their PCA variance profile (scaled so PC1 has sd 1);
+    image features are z-scored since their units differ."""
+    out = {}
+    for m, x in features.items():
+        x = x - x.mean(0)
+        if m == "gene":
+            out[m] = (x / (x[:, 0].std() + 1e-8)).astype(np.float32)
+        else:
+            out[m] = (x / (x.std(0) + 1e-8)).astype(np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _fit(plan, dm, cfg, device, run_dir: Path | None, progress: bool) -> dict:
+    import pytorch_lightning as pl
+
+    max_epochs = int(_cfg_get(cfg, "trainer.max_epochs", 200))
+    callbacks, logger = [], False
+    ckpt = None
+    if run_dir is not None:
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_last=False, save_top_k=1, monitor=None)
+        callbacks.append(ckpt)
+    accelerator = {"cuda": "gpu", "mps": "mps"}.get(device.type, "cpu")
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=ckpt is not None,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=bool(_cfg_get(cfg, "trainer.deterministic", True)),
+        log_every_n_steps=max(1, min(50, max_epochs)),
+        gradient_clip_val=_cfg_get(cfg, "trainer.gradient_clip_val", 1.0),
+        default_root_dir=str(run_dir) if run_dir else None,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(plan, datamodule=dm)
+    out = {"epochs": int(trainer.current_epoch), "train_seconds": round(time.perf_counter() - t0, 2)}
+    out["final_loss"] = float(trainer.callback_metrics.get("loss", float("nan")))
+    if ckpt is not None and ckpt.best_model_path:
+        out["checkpoint"] = str(Path(ckpt.best_model_path).resolve())
+    return out
+
+
+def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) -> RunResult:
+    """Train a fusion on one slice, cluster, refine, score and write the outputs.
+
+    Parameters
+    ----------
+    cfg
+        A config with the groups ``data``, ``encoder``, ``fusion``, ``cluster``,
+        ``trainer`` and top-level ``seed``, ``out_dim``, ``spatial``, ``refine``,
+        ``run_dir``, ``cache_dir`` (see ``configs/train.yaml``); an OmegaConf
+        DictConfig or nested dicts.
+    adata
+        Use this AnnData instead of reading ``cfg.data`` (notebooks).
+    progress
+        Show Lightning's progress bar (default: ``cfg.trainer.progress_bar``).
+    write
+        Write the run folder (``.h5ad``, ``metrics.json``, config, PNG, checkpoint).
+
+    Returns
+    -------
+    RunResult
+        ``adata`` gains ``obsm["X_mihd_<fusion>"]``, ``obs["mihd_<fusion>"]`` (domains),
+        ``obs["mihd_<fusion>_refined"]`` and ``uns["mihd"]`` (params, scores).
+    """
+    import torch
+
+    from ..cluster import cluster_embedding
+    from ..graph import knn_indices
+    from ..metrics import score_labels
+    from ..pp import prepare_inputs
+    from ..refine import refine_labels
+    from ._datamodule import SpotDataModule
+    from ._plan import FusionTrainingPlan
+
+    t_start = time.perf_counter()
+    checked = validate_config(cfg)
+    info, method, n_domains = checked["info"], checked["method"], checked["n_domains"]
+    seed = int(_cfg_get(cfg, "seed", 0))
+    device = resolve_device(_cfg_get(cfg, "trainer.accelerator", "auto"))
+    progress = bool(_cfg_get(cfg, "trainer.progress_bar", True)) if progress is None else progress
+    run_dir = Path(str(_cfg_get(cfg, "run_dir"))) if write and _cfg_get(cfg, "run_dir") else None
+
+    if adata is None:
+        adata = load_slice(cfg["data"])
+    has_coords = "spatial" in adata.obsm
+    if info.needs_coords and not has_coords:
+        raise ValueError(
+            f"fusion {info.name!r} needs spatial coordinates, but the data has no obsm['spatial'] "
+            f"(obsm keys: {list(adata.obsm.keys())}). Use a fusion that does not need them: "
+            f"{', '.join(n for n in _registered(needs_coords=False))}."
+        )
+    truth_key = _cfg_get(cfg, "data.annotation_key", "ground_truth")
+    truth = adata.obs[truth_key].to_numpy() if truth_key in adata.obs else None
+    if n_domains >= adata.n_obs:
+        raise ValueError(f"data.n_domains={n_domains} must be smaller than the number of spots ({adata.n_obs}).")
+
+    # ---- prepared inputs (cached per slice and encoder parameters)
+    t0 = time.perf_counter()
+    image = _cfg_get(cfg, "encoder.image", "stats")
+    if image not in (None, "none"):
+        lib = next(iter(adata.uns.get("spatial", {}) or {}), None)
+        if lib is None or not adata.uns["spatial"][lib].get("images"):
+            log.warning("the data has no H&E image: training on genes only (encoder.image=none)")
+            image = None
+    cache_dir = _cfg_get(cfg, "cache_dir")
+    prepared = prepare_inputs(
+        adata,
+        gene=_cfg_get(cfg, "encoder.gene", "pca"),
+        gene_options={**_to_dict(_cfg_get(cfg, "encoder.gene_options")), "seed": 0},
+        image=image,
+        image_options=_to_dict(_cfg_get(cfg, "encoder.image_options")),
+        patch_context=float(_cfg_get(cfg, "encoder.patch_context", 2.0)),
+        patch_px=int(_cfg_get(cfg, "encoder.patch_px", 16)),
+        cache_dir=os.path.expanduser(str(cache_dir)) if cache_dir else None,
+    )
+    prep_seconds = time.perf_counter() - t0
+    features = _standardise(prepared.features)
+
+    # ---- spatial neighbours: one cKDTree/grid query shared by smoothing and refinement
+    k_spatial = int(_cfg_get(cfg, "spatial.n_neighbors", 6))
+    neighbors = knn_indices(prepared.coords, k_spatial, include_self=True) if has_coords else None
+    smooth = bool(_cfg_get(cfg, "spatial.smooth_inputs", True)) and neighbors is not None
+    if smooth:
+        # Neighbourhood-mean inputs (the BANKSY / "averaged over spatial neighbours" prior),
+        # computed O(N k) from the (N, k+1) index, identical for every fusion.
+        features = {m: x[neighbors].mean(1) for m, x in features.items()}
+    coords = _normalise_coords(prepared.coords) if has_coords else None
+
+    # ---- model
+    _seed_everything(seed)
+    out_dim = int(_cfg_get(cfg, "out_dim", 32))
+    fusion = info.cls(prepared.dims, out_dim=out_dim, **_to_dict(_cfg_get(cfg, "fusion.options")))
+    train_info = {"epochs": 0, "train_seconds": 0.0}
+    plan = None
+    if info.trainable:
+        plan = FusionTrainingPlan(
+            fusion,
+            prepared.dims,
+            out_dim=out_dim,
+            needs_coords=info.needs_coords,
+            modality_weights={m: w for m, w in _to_dict(_cfg_get(cfg, "trainer.modality_weights")).items() if m in prepared.dims},
+            lr=float(_cfg_get(cfg, "trainer.lr", 2e-3)),
+            weight_decay=float(_cfg_get(cfg, "trainer.weight_decay", 1e-4)),
+        )
+        dm = SpotDataModule(features, coords=coords, batch_size=_cfg_get(cfg, "trainer.batch_size"), seed=seed)
+        train_info = _fit(plan, dm, cfg, device, run_dir, progress)
+        plan = plan.to(device).eval()
+    else:
+        dm = SpotDataModule(features, coords=coords)
+
+    # ---- embedding (inference in batches)
+    emb, rec = [], []
+    with torch.no_grad():
+        for batch in dm.predict_batches():
+            batch = {k: v.to(device) for k, v in batch.items()}
+            feats = {m: batch[m] for m in prepared.dims}
+            z = fusion(feats, batch["coords"]) if info.needs_coords else fusion(feats)
+            emb.append(z.float().cpu().numpy())
+            if plan is not None and "gene" in plan.decoders:
+                rec.append(plan.decoders["gene"](z).float().cpu().numpy())
+    emb = np.concatenate(emb)
+    emb_key = f"X_mihd_{info.name}"
+    adata.obsm[emb_key] = emb
+    space = _cfg_get(cfg, "cluster.space", "embedding")
+    to_cluster = emb
+    if space == "reconstruction" and rec:
+        adata.obsm[f"{emb_key}_reconstruction"] = to_cluster = np.concatenate(rec)
+
+    # ---- domains, refinement, scores (ground truth is read only here, to score)
+    t0 = time.perf_counter()
+    labels = cluster_embedding(to_cluster, n_domains, method=method, seed=seed, **_to_dict(_cfg_get(cfg, "cluster.options")))
+    cluster_seconds = time.perf_counter() - t0
+    label_key, refined_key = f"mihd_{info.name}", f"mihd_{info.name}_refined"
+    adata.obs[label_key] = _categorical(labels)
+    refine_k = _cfg_get(cfg, "refine.n_neighbors", 6)
+    refine_r = _cfg_get(cfg, "refine.radius")
+    if has_coords:
+        refined = refine_labels(prepared.coords, labels, n_neighbors=None if refine_r else int(refine_k), radius=refine_r)
+        adata.obs[refined_key] = _categorical(refined)
+    else:
+        refined = labels
+        adata.obs[refined_key] = adata.obs[label_key]
+    scores = {
+        "before_refinement": score_labels(labels, truth, prepared.coords),
+        "after_refinement": score_labels(refined, truth, prepared.coords),
+    }
+
+    metrics = {
+        "fusion": info.name,
+        "needs_coords": info.needs_coords,
+        "data": _cfg_get(cfg, "data.name", "custom"),
+        "n_spots": int(adata.n_obs),
+        "n_domains": n_domains,
+        "seed": seed,
+        "seeded": ["random", "numpy", "torch", "batch order", "cluster random_state"],
+        "device": str(device),
+        "scores": scores,
+        "annotated": truth is not None,
+        "timing_seconds": {
+            "prepare": round(prep_seconds, 2),
+            "train": train_info.get("train_seconds", 0.0),
+            "cluster": round(cluster_seconds, 2),
+            "total": None,
+        },
+        "training": train_info,
+        "prepared": {k: v for k, v in prepared.meta.items() if k != "params"},
+        "modalities": prepared.dims,
+        "spatial_smoothing": smooth,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
+    }
+    adata.uns["mihd"] = {
+        "params": {"fusion": info.name, "seed": seed, "cluster": method, "n_domains": n_domains, "embedding_key": emb_key},
+        "scores": {k: {m: float(v) for m, v in d.items()} for k, d in scores.items()},
+    }
+    metrics["timing_seconds"]["total"] = round(time.perf_counter() - t_start, 2)
+    result = RunResult(adata, metrics, run_dir, emb_key, label_key, refined_key)
+    if run_dir is not None:
+        from ._outputs import write_run
+
+        write_run(result, cfg, truth_key=truth_key if truth is not None else None)
+    return result
+
+
+def _registered(needs_coords: bool) -> list[str]:
+    from ..fusion import list_fusions
+
+    return list_fusions(needs_coords=needs_coords)
+
+
+def _categorical(labels: np.ndarray):
+    import pandas as pd
+
+    return pd.Categorical(np.asarray(labels).astype(str), categories=[str(c) for c in sorted(np.unique(labels))])
