@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared_data_dir
 from scipy import sparse
 
 from mihd.data import (
@@ -24,7 +25,7 @@ from mihd.data import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("MIHD_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+DATA_DIR = shared_data_dir()
 
 
 @pytest.fixture(scope="module")

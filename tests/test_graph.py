@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data_dir
 from scipy import sparse
 
 from mihd.graph import GRID_MIN_POINTS, _resolve_engine, build_spatial_graph, knn_indices, radius_neighbors
@@ -14,14 +13,8 @@ from mihd.graph import GRID_MIN_POINTS, _resolve_engine, build_spatial_graph, kn
 ENGINES = ["kdtree", "grid"]
 
 
-def data_dir() -> Path:
-    """Shared real data: $MIHD_DATA_DIR, else <repo root>/../shared/data."""
-    env = os.environ.get("MIHD_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 def slideseq_coords() -> np.ndarray:
-    path = data_dir() / "slideseq_v2_cerebellum" / "slideseqv2_mc_coords_filtered.csv"
+    path = shared_data_dir() / "slideseq_v2_cerebellum" / "slideseqv2_mc_coords_filtered.csv"
     if not path.is_file():
         pytest.skip(f"real Slide-seqV2 layout not found at {path} (set MIHD_DATA_DIR to the shared data folder)")
     import pandas as pd

@@ -1,0 +1,76 @@
+"""ARI of `mihd train` on the bundled slice over seeds, per fusion, with wall time.
+
+Rerun:  OMP_NUM_THREADS=1 python benchmarks/train/bench_train.py --fusions adaln_attention --seeds 0 1 2
+Writes benchmarks/train/results.md (appends a dated section; the file is replaced atomically).
+Ground truth is read only by the scoring inside `train`; nothing here selects by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fusions", nargs="+", default=["adaln_attention"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--overrides", nargs="*", default=[])
+    ap.add_argument("--out", default=str(HERE / "results.md"))
+    args = ap.parse_args()
+
+    from mihd.cli import compose
+    from mihd.train import train
+
+    rows = []
+    for fusion in args.fusions:
+        for seed in args.seeds:
+            cfg = compose("train", [f"fusion={fusion}", f"seed={seed}", "trainer.progress_bar=false", *args.overrides])
+            t0 = time.perf_counter()
+            res = train(cfg, write=False)
+            wall = time.perf_counter() - t0
+            s = res.metrics["scores"]
+            rows.append((fusion, seed, s["before_refinement"]["ari"], s["after_refinement"]["ari"], s["after_refinement"]["nmi"], wall))
+            print(f"{fusion:<18} seed={seed}  ARI {rows[-1][2]:.3f} -> {rows[-1][3]:.3f}  NMI {rows[-1][4]:.3f}  {wall:.1f} s", flush=True)
+
+    cmd = "OMP_NUM_THREADS=1 python benchmarks/train/bench_train.py " + " ".join(
+        ["--fusions", *args.fusions, "--seeds", *map(str, args.seeds)] + (["--overrides", *args.overrides] if args.overrides else [])
+    )
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
+    lines = [
+        f"## {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} — bundled DLPFC 151673 (K = 7)",
+        "",
+        f"Command: `{cmd}`  ",
+        f"Machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}; load average at start "
+        f"{os.getloadavg()[0]:.1f}. Wall time includes reading, preprocessing (cached after the first run), training, clustering, refinement.",
+        "",
+        "| fusion | seed | ARI before refine | ARI after refine | NMI after | wall s |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {f} | {s} | {a:.3f} | {b:.3f} | {n:.3f} | {w:.1f} |" for f, s, a, b, n, w in rows]
+    lines += ["", "| fusion | ARI after refine, mean ± sd over seeds |", "|---|---|"]
+    for fusion in args.fusions:
+        v = [r[3] for r in rows if r[0] == fusion]
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        lines.append(f"| {fusion} | {statistics.mean(v):.3f} ± {sd:.3f} (n={len(v)}) |")
+    section = "\n".join(lines) + "\n\n"
+
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else "# `mihd train` accuracy on the bundled slice\n\n"
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text(old + section)
+    os.replace(tmp, out)
+    print(section)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Every registered fusion, parametrized over the registry: a new file is tested automatically."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import mihd
+from mihd.fusion import fusion_info, get_fusion, list_fusions, register_fusion
+
+DIMS = {"gene": 12, "image": 7}
+N = 24
+
+
+def _inputs(n=N, dims=DIMS, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = {m: torch.randn(n, d, generator=g) for m, d in dims.items()}
+    coords = torch.rand(n, 2, generator=g) * 2 - 1
+    return feats, coords
+
+
+def _forward(name, module, feats, coords):
+    return module(feats, coords) if fusion_info(name).needs_coords else module(feats)
+
+
+def test_needs_coords_constant_is_derived_from_registry():
+    assert mihd.NEEDS_COORDS_FUSIONS == frozenset(mihd.list_fusions(needs_coords=True))
+    assert "adaln_attention" in mihd.NEEDS_COORDS_FUSIONS
+    assert set(list_fusions(needs_coords=True)) | set(list_fusions(needs_coords=False)) == set(list_fusions())
+
+
+@pytest.mark.parametrize("name", list_fusions())
+def test_needs_coords_matches_forward_signature(name):
+    params = inspect.signature(get_fusion(name).forward).parameters
+    assert fusion_info(name).needs_coords == ("coords" in params)
+
+
+@pytest.mark.parametrize("name", list_fusions())
+def test_forward_shapes_and_determinism(name):
+    torch.manual_seed(0)
+    module = get_fusion(name)(DIMS, out_dim=8).eval()
+    feats, coords = _inputs()
+    with torch.no_grad():
+        z1 = _forward(name, module, feats, coords)
+        z2 = _forward(name, module, feats, coords)
+    assert z1.shape[0] == N and z1.ndim == 2
+    if fusion_info(name).trainable:
+        assert z1.shape[1] == 8
+    assert torch.isfinite(z1).all()
+    assert torch.equal(z1, z2)
+
+
+@pytest.mark.parametrize("name", list_fusions(trainable=True))
+def test_backward_reaches_every_parameter(name):
+    torch.manual_seed(0)
+    module = get_fusion(name)(DIMS, out_dim=8).train()
+    feats, coords = _inputs()
+    z = _forward(name, module, feats, coords)
+    (z**2).mean().backward()
+    without = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert not without, f"{name}: parameters without gradient: {without}"
+    # a real step changes the output
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    module.eval()
+    before = _forward(name, module, feats, coords).detach()
+    module.train()
+    for _ in range(3):
+        opt.zero_grad()
+        (_forward(name, module, feats, coords) ** 2).mean().backward()
+        opt.step()
+    module.eval()
+    assert not torch.allclose(before, _forward(name, module, feats, coords).detach())
+
+
+@pytest.mark.parametrize("name", list_fusions(trainable=False))
+def test_non_learned_baselines_have_no_parameters(name):
+    assert not list(get_fusion(name)(DIMS).parameters())
+
+
+@pytest.mark.parametrize("name", list_fusions(needs_coords=True))
+def test_coords_change_the_embedding(name):
+    torch.manual_seed(0)
+    module = get_fusion(name)(DIMS, out_dim=8)
+    # adaLN modulations start at zero (plain LayerNorm); perturb so coordinates matter.
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    module.eval()
+    feats, coords = _inputs()
+    with torch.no_grad():
+        a = module(feats, coords)
+        b = module(feats, coords.flip(0))
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("name", list_fusions(needs_coords=True))
+def test_coords_shape_is_checked(name):
+    module = get_fusion(name)(DIMS, out_dim=8)
+    feats, _ = _inputs()
+    with pytest.raises(ValueError, match="coords"):
+        module(feats, torch.zeros(N, 3))
+
+
+@pytest.mark.parametrize("name", list_fusions(trainable=True))
+def test_single_modality(name):
+    module = get_fusion(name)({"gene": 10}, out_dim=4).eval()
+    feats, coords = _inputs(dims={"gene": 10})
+    assert _forward(name, module, feats, coords).shape == (N, 4)
+
+
+def test_unknown_fusion_lists_registered():
+    with pytest.raises(KeyError) as err:
+        fusion_info("no_such_fusion")
+    for name in list_fusions():
+        assert name in str(err.value)
+
+
+def test_declared_flag_must_match_signature():
+    with pytest.raises(TypeError, match="needs_coords"):
+
+        @register_fusion("_bad_declared_flag")
+        class Bad(torch.nn.Module):
+            needs_coords = True
+
+            def forward(self, features):
+                return features["gene"]
+
+    assert "_bad_declared_flag" not in list_fusions()
+
+
+def test_register_rejects_non_modules():
+    with pytest.raises(TypeError):
+        register_fusion("_not_a_module")(object)

@@ -1,0 +1,140 @@
+"""The runner and the CLI end to end on tiny synthetic slices (fast trainer config)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mihd.cli import compose, config_dir, main
+from mihd.data import write_visium_folder
+from mihd.fusion import list_fusions
+from mihd.train import train
+
+
+@pytest.fixture(scope="module")
+def visium_folder(tmp_path_factory, tiny_slice):
+    return write_visium_folder(tiny_slice, tmp_path_factory.mktemp("visium") / "toy", positions_format="v2")
+
+
+def _overrides(folder, run_dir, *extra):
+    return [
+        "data=visium",
+        f"data.path={folder}",
+        "data.annotation=truth.tsv",
+        "data.n_domains=3",
+        "trainer=fast",
+        f"run_dir={run_dir}",
+        "encoder.gene_options.n_top_genes=50",
+        "encoder.gene_options.n_comps=10",
+        *extra,
+    ]
+
+
+def test_cli_end_to_end_writes_every_output(visium_folder, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "fusion=adaln_attention", *_overrides(visium_folder, run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "after_refinement" in out and "ari" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["fusion"] == "adaln_attention" and metrics["seed"] == 0
+    for stage in ("before_refinement", "after_refinement"):
+        s = metrics["scores"][stage]
+        assert set(s) >= {"ari", "nmi", "ami", "homogeneity", "completeness", "chaos", "pas"}
+        assert -1 <= s["ari"] <= 1
+    assert metrics["training"]["epochs"] == 3
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "domains.png").stat().st_size > 1000
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    import anndata as ad
+
+    adata = ad.read_h5ad(run_dir / "adata.h5ad")
+    assert adata.obsm["X_mihd_adaln_attention"].shape == (adata.n_obs, 32)
+    assert adata.obs["mihd_adaln_attention_refined"].nunique() <= 3
+    # nothing half-written is left behind
+    assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("fusion", list_fusions())
+def test_every_registered_fusion_trains(fusion, visium_folder, tmp_path):
+    cfg = compose("train", [f"fusion={fusion}", *_overrides(visium_folder, tmp_path / fusion)])
+    result = train(cfg, write=False)
+    emb = result.adata.obsm[f"X_mihd_{fusion}"]
+    assert emb.shape[0] == result.adata.n_obs and np.isfinite(emb).all()
+    assert result.adata.obs[result.label_key].nunique() == 3
+
+
+def test_same_seed_same_labels_on_cpu(visium_folder, tmp_path):
+    cfg = compose("train", ["fusion=attention", "seed=3", *_overrides(visium_folder, tmp_path / "a")])
+    a = train(cfg, write=False).adata.obs["mihd_attention"].to_numpy()
+    b = train(cfg, write=False).adata.obs["mihd_attention"].to_numpy()
+    assert (a == b).all()
+
+
+def test_coords_fusion_on_coordless_data_stops_before_training(tiny_slice, tmp_path, capsys, monkeypatch):
+    adata = tiny_slice.copy()
+    del adata.obsm["spatial"]
+    del adata.uns["spatial"]
+    path = tmp_path / "nocoords.h5ad"
+    adata.write_h5ad(path)
+    import mihd.train._runner as runner
+
+    monkeypatch.setattr(runner, "_fit", lambda *a, **k: pytest.fail("training started"))
+    code = main(["train", "fusion=adaln_attention", "data=h5ad", f"data.path={path}", "data.n_domains=3", "trainer=fast", f"run_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "adaln_attention" in err and "obsm['spatial']" in err and "concat" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_coordless_data_works_for_fusions_without_coords(tiny_slice, tmp_path):
+    adata = tiny_slice.copy()
+    del adata.obsm["spatial"]
+    del adata.uns["spatial"]
+    cfg = compose("train", ["fusion=concat", "data=h5ad", "data.path=unused", "data.n_domains=3", "trainer=fast", f"run_dir={tmp_path}"])
+    result = train(cfg, adata=adata, write=False)
+    assert "chaos" not in result.metrics["scores"]["after_refinement"]
+    assert result.metrics["modalities"] == {"gene": 30}
+
+
+def test_unknown_fusion_lists_registered(capsys):
+    assert main(["train", "fusion=nope"]) == 1
+    err = capsys.readouterr().err
+    assert "nope" in err and all(f in err for f in list_fusions())
+
+
+def test_missing_data_path_is_named(tmp_path, capsys):
+    missing = tmp_path / "absent"
+    assert main(["train", "data=visium", f"data.path={missing}", "data.n_domains=3", "trainer=fast"]) == 1
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_missing_n_domains_is_named(capsys):
+    assert main(["train", "data.n_domains=null", "trainer=fast"]) == 1
+    assert "data.n_domains" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("group", ["data", "encoder", "fusion", "cluster", "trainer"])
+def test_every_config_in_every_group_composes(group):
+    for option in sorted(p.stem for p in (config_dir() / group).glob("*.yaml")):
+        cfg = compose("train", [f"{group}={option}", "data.path=x", "data.n_domains=3"] if group == "data" else [f"{group}={option}"])
+        assert cfg[group] is not None
+
+
+def test_a_fusion_without_yaml_is_selectable(monkeypatch, tmp_path):
+    cfg = compose("train", ["fusion=genes_only"])
+    assert cfg.fusion.name == "genes_only"
+    import mihd.cli as cli
+
+    monkeypatch.setattr(cli, "config_dir", lambda: _copy_configs_without(tmp_path, "attention"))
+    cfg = cli.compose("train", ["fusion=attention"])
+    assert cfg.fusion.name == "attention" and dict(cfg.fusion.options) == {}
+
+
+def _copy_configs_without(tmp_path, fusion):
+    import shutil
+
+    dst = tmp_path / "configs"
+    shutil.copytree(config_dir(), dst)
+    (dst / "fusion" / f"{fusion}.yaml").unlink()
+    return dst
