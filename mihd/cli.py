@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mihd: unknown command {cmd!r}; commands: {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Lightning's start-up banner and tips bury the useful lines; keep its warnings.
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 

@@ -14,8 +14,8 @@ the cache key).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from .._discovery import import_submodules
+
 
 __all__ = [
     "register_image_encoder",
@@ -27,7 +27,6 @@ __all__ = [
 ]
 
 _REGISTRIES: dict[str, dict[str, type]] = {"image": {}, "gene": {}}
-_DISCOVERED = False
 
 
 def _register(kind: str, name: str):
@@ -43,15 +42,8 @@ def _register(kind: str, name: str):
 
 
 def _discover() -> None:
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    import mihd.encoders as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{mod.name}")
-    _DISCOVERED = True
+    """Import every strategy module once so their decorators run."""
+    import_submodules("mihd.encoders")
 
 
 def _list(kind: str) -> list[str]:

@@ -38,6 +38,8 @@ class PCAGeneEncoder:
             sc.pp.highly_variable_genes(a, n_top_genes=n_top, flavor="seurat")
             a = a[:, a.var["highly_variable"].to_numpy()].copy()
         if self.scale:
+            # Scaling densifies anyway; do it explicitly (HVGs only, so N x n_top_genes).
+            a.X = a.X.toarray() if hasattr(a.X, "toarray") else a.X
             sc.pp.scale(a, max_value=10)
         n_comps = min(self.n_comps, a.n_vars - 1, a.n_obs - 1)
         sc.tl.pca(a, n_comps=n_comps, random_state=self.seed)

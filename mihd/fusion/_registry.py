@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .._discovery import import_submodules
+
 __all__ = ["FusionInfo", "register_fusion", "list_fusions", "get_fusion", "fusion_info", "needs_coords"]
 
 
@@ -31,7 +33,6 @@ class FusionInfo:
 
 
 _REGISTRY: dict[str, FusionInfo] = {}
-_DISCOVERED = False
 
 
 def _coords_in_signature(cls: type) -> bool:
@@ -44,8 +45,10 @@ def register_fusion(name: str):
     """Class decorator that adds an ``nn.Module`` fusion strategy to the registry.
 
     The module is built as ``cls(dims, out_dim=..., **options)`` where ``dims`` maps
-    modality name to input width, and its ``forward(features, coords)`` (``coords``
-    only if the strategy needs them) returns ``(embedding, aux_loss_or_None)``.
+    modality name (``"gene"``, ``"image"``) to input width. Its
+    ``forward(features, coords)`` (``coords`` only if the strategy needs them) returns
+    the ``(N, out_dim)`` fused embedding. Optional class attributes: ``trainable = False``
+    for non-learned baselines; ``needs_coords`` (checked against the signature).
     """
 
     def deco(cls: type) -> type:
@@ -75,16 +78,8 @@ def register_fusion(name: str):
 
 
 def _discover() -> None:
-    """Import every module in ``mihd.fusion`` once so their decorators run."""
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    import mihd.fusion as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{mod.name}")
-    _DISCOVERED = True
+    """Import every strategy module once so their decorators run."""
+    import_submodules("mihd.fusion")
 
 
 def list_fusions(needs_coords: bool | None = None, trainable: bool | None = None) -> list[str]:

@@ -1,0 +1,93 @@
+"""Encoders and the cached preparation step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mihd.encoders import extract_patches, get_image_encoder, list_gene_encoders, list_image_encoders, patch_geometry
+from mihd.pp import prepare_inputs
+
+
+def test_extract_patches_samples_the_right_place_and_flags_edges():
+    img = np.zeros((50, 80, 3), np.float32)
+    img[10:20, 30:40] = 1.0  # a white square centred at x=34.5, y=14.5
+    patches, outside = extract_patches(img, np.array([[34.5, 14.5], [1.0, 1.0], [60.0, 40.0]]), 6.0, out_px=8)
+    assert patches.shape == (3, 8, 8, 3)
+    assert patches[0].min() > 0.99  # fully inside the square
+    assert outside.tolist() == [False, True, False]
+    assert patches[2].max() == 0.0
+
+
+def test_patch_geometry_prefers_hires_and_scales_physically():
+    sf = {"spot_diameter_fullres": 100.0, "tissue_hires_scalef": 0.2, "tissue_lowres_scalef": 0.05}
+    g = patch_geometry(sf, {"lowres": 1, "hires": 1}, context=2.0)
+    assert g.image_key == "hires" and g.side_img_px == pytest.approx(40.0)
+    g = patch_geometry(sf, {"lowres": 1}, context=1.0)
+    assert g.image_key == "lowres" and g.side_img_px == pytest.approx(5.0)
+    with pytest.raises(KeyError, match="spot_diameter_fullres"):
+        patch_geometry({}, {"lowres": 1})
+    with pytest.raises(KeyError, match="encoder.image=none"):
+        patch_geometry(sf, {})
+
+
+@pytest.mark.parametrize("name", list_image_encoders())
+def test_image_encoders_separate_stained_from_blank(name):
+    rng = np.random.default_rng(0)
+    blank = np.ones((10, 8, 8, 3), np.float32) - rng.random((10, 8, 8, 3), dtype=np.float32) * 0.02
+    purple = np.clip(np.array([0.55, 0.35, 0.65], np.float32) + rng.normal(0, 0.05, (10, 8, 8, 3)), 0, 1).astype(np.float32)
+    enc = get_image_encoder(name)()
+    f = enc.encode(np.concatenate([blank, purple]))
+    assert f.shape[0] == 20 and np.isfinite(f).all()
+    within = np.linalg.norm(f[:10] - f[:10].mean(0), axis=1).mean()
+    between = np.linalg.norm(f[:10].mean(0) - f[10:].mean(0))
+    assert between > 3 * within
+
+
+def test_gene_encoders_registered():
+    assert "pca" in list_gene_encoders()
+
+
+def test_prepare_inputs_caches_by_parameters(tiny_slice, tmp_path):
+    a = prepare_inputs(tiny_slice, gene_options={"n_comps": 8, "n_top_genes": 40}, cache_dir=tmp_path)
+    assert a.dims == {"gene": 8, "image": a.features["image"].shape[1]}
+    assert not a.meta["cache_hit"] and a.meta["image_key"] == "lowres"
+    b = prepare_inputs(tiny_slice, gene_options={"n_comps": 8, "n_top_genes": 40}, cache_dir=tmp_path)
+    assert b.meta["cache_hit"]
+    np.testing.assert_array_equal(a.features["gene"], b.features["gene"])
+    c = prepare_inputs(tiny_slice, gene_options={"n_comps": 6, "n_top_genes": 40}, cache_dir=tmp_path)
+    assert not c.meta["cache_hit"] and c.dims["gene"] == 6
+    assert len(list(tmp_path.glob("prepared-*.npz"))) == 2
+
+
+def test_corrupt_cache_is_recomputed(tiny_slice, tmp_path):
+    a = prepare_inputs(tiny_slice, image=None, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("prepared-*.npz")
+    path.write_bytes(b"not a zip")
+    b = prepare_inputs(tiny_slice, image=None, cache_dir=tmp_path)
+    assert not b.meta["cache_hit"]
+    np.testing.assert_allclose(a.features["gene"], b.features["gene"])
+
+
+def test_image_encoder_without_image_is_a_clear_error(tiny_slice):
+    adata = tiny_slice.copy()
+    del adata.uns["spatial"]
+    with pytest.raises(KeyError, match="encoder.image=none"):
+        prepare_inputs(adata)
+
+
+def test_unknown_encoder_lists_registered():
+    with pytest.raises(KeyError, match="stats"):
+        get_image_encoder("resnet_from_the_internet")
+
+
+def test_image_features_follow_the_domains(tiny_slice):
+    """The synthetic image's colour depends on the domain: stats features must see it."""
+    from sklearn.metrics import adjusted_rand_score
+    from sklearn.cluster import KMeans
+
+    prep = prepare_inputs(tiny_slice)
+    x = prep.features["image"]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    labels = KMeans(3, n_init=10, random_state=0).fit_predict(x)
+    assert adjusted_rand_score(tiny_slice.obs["ground_truth"], labels) > 0.5
