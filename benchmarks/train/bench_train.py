@@ -31,6 +31,7 @@ def main() -> None:
     from mihd.cli import compose
     from mihd.train import train
 
+    load_at_start = os.getloadavg()[0]
     rows = []
     for fusion in args.fusions:
         for seed in args.seeds:
@@ -51,7 +52,7 @@ def main() -> None:
         "",
         f"Command: `{cmd}`  ",
         f"Machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}; load average at start "
-        f"{os.getloadavg()[0]:.1f}. Wall time includes reading, preprocessing (cached after the first run), training, clustering, refinement.",
+        f"{load_at_start:.1f} (other processes share the 2 cores, so wall times are upper bounds). Wall time includes reading, preprocessing (cached after the first run), training, clustering, refinement.",
         "",
         "| fusion | seed | ARI before refine | ARI after refine | NMI after | wall s |",
         "|---|---|---|---|---|---|",
