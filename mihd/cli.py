@@ -13,6 +13,7 @@ repository's ``configs/`` in a source checkout), composed with Hydra's compose A
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 import time
@@ -117,10 +118,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[cmd](rest)
-    except (KeyError, ValueError, FileNotFoundError, TypeError, HydraException, OmegaConfBaseException) as err:
-        # Configuration and data errors are for people: one clear line, no traceback.
+    except (
+        KeyError, ValueError, TypeError, OSError, ImportError, RuntimeError, HydraException, OmegaConfBaseException
+    ) as err:
+        # Configuration and data errors are for people: one clear line, no traceback
+        # (MIHD_DEBUG=1 shows it, for when the error is a bug of ours).
+        if os.environ.get("MIHD_DEBUG"):
+            raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"mihd {cmd}: error: {msg}", file=sys.stderr)
+        print(f"mihd {cmd}: error: {msg}\n(set MIHD_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 1
 
 

@@ -327,6 +327,35 @@ def _check_options(method: str, fn: Callable[..., Labels], options: dict[str, An
         )
 
 
+def check_method(method: str, options: dict[str, Any] | None = None) -> None:
+    """Validate a clustering method, its options and its backend before any long computation.
+
+    Raises
+    ------
+    ValueError
+        Unknown method (the message lists them).
+    TypeError
+        An option the method does not take (the message lists the accepted ones).
+    ImportError
+        The method's optional backend is not installed (the message says what to install).
+    """
+    import importlib.util
+
+    if method not in METHODS:
+        raise ValueError(f"unknown cluster method {method!r}; use one of {', '.join(sorted(METHODS))}.")
+    _check_options(method, METHODS[method], dict(options or {}))
+    missing = []
+    if method == "leiden":
+        missing = [m for m in ("leidenalg", "igraph") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(f"cluster method 'leiden' needs {' and '.join(missing)}: pip install leidenalg igraph.")
+    if method == "mclust" and importlib.util.find_spec("rpy2") is None and importlib.util.find_spec("mclust_py") is None:
+        raise ImportError(
+            "cluster method 'mclust' needs R + the mclust package + rpy2, or the pure-Python backend: "
+            'pip install "mihd[mclust]". Or use cluster=gmm (mclust EEE analogue, much faster).'
+        )
+
+
 def _relabel_by_size(labels: NDArray[np.int64]) -> Labels:
     """Renumber labels 0..k-1 by decreasing size (ties: smaller old label first)."""
     uniq, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)

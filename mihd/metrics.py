@@ -15,7 +15,7 @@ Unannotated spots
 A truth entry counts as *unannotated* when it is ``None``, a float NaN (``np.nan``,
 ``pd.NA`` and other values that are not equal to themselves), or a string that,
 once surrounding whitespace is stripped, is one of ``""``, ``"NA"``, ``"nan"``,
-``"NaN"`` (see `UNANNOTATED_STRINGS`). Such spots are dropped from both ``truth``
+``"NaN"``, ``"N/A"``, ``"None"``, ``"null"`` (see `UNANNOTATED_STRINGS`). Such spots are dropped from both ``truth``
 and ``pred`` before scoring, because DLPFC-style annotations leave spots outside
 the tissue layers unlabelled and counting them as a class of their own would
 reward (or punish) a method for how it treats them.
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: Strings (after ``str.strip``) that mark a spot as unannotated.
-UNANNOTATED_STRINGS: frozenset[str] = frozenset({"", "NA", "nan", "NaN"})
+UNANNOTATED_STRINGS: frozenset[str] = frozenset({"", "NA", "N/A", "NaN", "nan", "None", "null"})
 
 
 # --------------------------------------------------------------------------- helpers

@@ -34,7 +34,8 @@ def test_needs_coords_constant_is_derived_from_registry():
 @pytest.mark.parametrize("name", list_fusions())
 def test_needs_coords_matches_forward_signature(name):
     params = inspect.signature(get_fusion(name).forward).parameters
-    assert fusion_info(name).needs_coords == ("coords" in params)
+    coords = params.get("coords")
+    assert fusion_info(name).needs_coords == (coords is not None and coords.default is inspect.Parameter.empty)
 
 
 @pytest.mark.parametrize("name", list_fusions())

@@ -43,7 +43,7 @@ def test_cli_end_to_end_writes_every_output(visium_folder, tmp_path, capsys):
         s = metrics["scores"][stage]
         assert set(s) >= {"ari", "nmi", "ami", "homogeneity", "completeness", "chaos", "pas"}
         assert -1 <= s["ari"] <= 1
-    assert metrics["training"]["epochs"] == 3
+    assert metrics["training"]["epochs"] == 3 and metrics["config"]["fusion"]["name"] == "adaln_attention"
     assert (run_dir / "config.yaml").is_file() and (run_dir / "domains.png").stat().st_size > 1000
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     import anndata as ad
@@ -164,3 +164,34 @@ def test_tl_cluster_domains_and_refine_on_anndata(tiny_slice):
     assert "dom_refined" in adata.obs
     with pytest.raises(KeyError, match="X_missing"):
         mihd.tl.cluster_domains(adata, use_rep="X_missing", n_domains=3)
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("+cluster.options.n_inti=3", "n_inti"),
+        ("+fusion.options.hiden=3", "fusion.options"),
+        ("trainer.batch_size=0", "trainer.batch_size"),
+        ("data.n_domains=seven", "data.n_domains"),
+        ("trainer.modality_weights.imgae=1", "imgae"),
+        ("cluster.space=umap", "cluster.space"),
+    ],
+)
+def test_bad_options_stop_before_reading_or_training(override, named, capsys, monkeypatch):
+    import mihd.train._runner as runner
+
+    monkeypatch.setattr(runner, "load_slice", lambda *a, **k: pytest.fail("data was read"))
+    assert main(["train", "trainer=fast", override]) == 1
+    assert named in capsys.readouterr().err
+
+
+def test_finished_run_dir_is_not_overwritten_by_accident(visium_folder, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", "fusion=genes_only", *_overrides(visium_folder, run_dir)]
+    assert main(args) == 0
+    first = (run_dir / "metrics.json").read_text()
+    assert main(args) == 1
+    assert "overwrite=true" in capsys.readouterr().err
+    assert (run_dir / "metrics.json").read_text() == first
+    assert main([*args, "overwrite=true"]) == 0
+    assert (run_dir / "metrics.json").is_file()

@@ -10,12 +10,15 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ..metrics import UNANNOTATED_STRINGS
+
 __all__ = ["add_annotation", "read_annotation_table"]
 
 logger = logging.getLogger(__name__)
 
 #: Entries read as "no label" (the spot stays unannotated, NaN in the categorical).
-MISSING_LABELS = frozenset({"", "NA", "N/A", "NaN", "nan", "None", "null"})
+# One list of "no label" strings for reading and scoring.
+MISSING_LABELS = UNANNOTATED_STRINGS
 
 
 def read_annotation_table(

@@ -33,7 +33,7 @@ def patch_geometry(scalefactors: dict, images: dict, *, context: float = 2.0, pr
     if "spot_diameter_fullres" not in scalefactors:
         raise KeyError(
             "scalefactors has no 'spot_diameter_fullres' (keys: "
-            f"{sorted(scalefactors)}); it comes from spatial/scalefactors_json.json."
+            f"{sorted(scalefactors)}); it comes from spatial/scalefactors_json.json. Without it, use encoder.image=none."
         )
     for key in prefer:
         sf_key = f"tissue_{key}_scalef"

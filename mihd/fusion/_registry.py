@@ -18,7 +18,7 @@ from torch import nn
 
 from .._discovery import import_submodules
 
-__all__ = ["FusionInfo", "register_fusion", "list_fusions", "get_fusion", "fusion_info", "needs_coords"]
+__all__ = ["FusionInfo", "register_fusion", "list_fusions", "get_fusion", "fusion_info", "needs_coords", "forward_fusion"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,12 @@ def get_fusion(name: str) -> type:
 def needs_coords(name: str) -> bool:
     """Whether fusion ``name`` needs spatial coordinates."""
     return fusion_info(name).needs_coords
+
+
+def forward_fusion(module: nn.Module, features: dict, coords=None):
+    """Call a registered fusion with coordinates exactly when it needs them."""
+    if fusion_info(module.fusion_name).needs_coords:
+        if coords is None:
+            raise ValueError(f"fusion {module.fusion_name!r} needs coordinates; none were given.")
+        return module(features, coords)
+    return module(features)

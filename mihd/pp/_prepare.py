@@ -12,12 +12,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_write
 from ..encoders import extract_patches, get_gene_encoder, get_image_encoder, patch_geometry
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,13 @@ def data_fingerprint(adata) -> str:
     h.update("\x1f".join(map(str, adata.obs_names)).encode())
     h.update("\x1f".join(map(str, adata.var_names)).encode())
     x = adata.X
-    data = x.data if hasattr(x, "data") and not isinstance(x, np.ndarray) else np.asarray(x)
-    h.update(np.float64(np.asarray(data, dtype=np.float64).sum()).tobytes())
-    h.update(np.int64(getattr(x, "nnz", data.size)).tobytes())
+    # Hash the count buffers themselves (not a summary), chunk by chunk, without copies.
+    buffers = (x.data, x.indices, x.indptr) if hasattr(x, "indptr") else (np.asarray(x),)
+    for buf in buffers:
+        flat = np.ascontiguousarray(buf).reshape(-1)
+        step = max(1, (64 << 20) // max(flat.itemsize, 1))
+        for start in range(0, flat.size, step):
+            h.update(flat[start : start + step].tobytes())
     if "spatial" in adata.obsm:
         h.update(np.ascontiguousarray(adata.obsm["spatial"], dtype=np.float64).tobytes())
     _, entry = _spatial_entry(adata)
@@ -74,16 +78,11 @@ def data_fingerprint(adata) -> str:
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    def _w(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, _w)
 
 
 def _encode_image(adata, encoder, *, context: float, patch_px: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -184,6 +183,9 @@ def prepare_inputs(
         except (OSError, KeyError, ValueError) as err:  # a corrupt cache is recomputed, not fatal
             log.warning("ignoring unreadable cache file %s (%s); recomputing", path, err)
 
+    if image_enc is not None:  # fail on a bad image setup before the gene PCA, not after
+        _, entry = _spatial_entry(adata)
+        patch_geometry(entry.get("scalefactors", {}), entry.get("images", {}), context=patch_context)
     feats = {"gene": gene_enc.encode(adata)}
     if image_enc is not None:
         if hasattr(image_enc, "fit"):

@@ -9,20 +9,21 @@ from torch.utils.data import DataLoader
 
 
 class _IndexBatches(torch.utils.data.Dataset):
-    """Yields shuffled index batches; one item = one batch (no per-spot Python overhead)."""
+    """Yields index batches of one seeded permutation per epoch (one item = one batch)."""
 
     def __init__(self, n: int, batch_size: int, seed: int):
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+        self._perm = torch.arange(n)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        if i == 0:
+        if i == 0 and self.batch_size < self.n:  # a new epoch: draw its permutation once
             self.epoch += 1
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=gen) if self.batch_size < self.n else torch.arange(self.n)
-        return perm[i * self.batch_size : (i + 1) * self.batch_size]
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            self._perm = torch.randperm(self.n, generator=gen)
+        return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
 
 
 class SpotDataModule(pl.LightningDataModule):

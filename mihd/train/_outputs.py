@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ._io import atomic_write, write_json, write_text
+from .._io import atomic_write, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,17 @@ def _config_yaml(cfg) -> str:
         import json
 
         return json.dumps(cfg, indent=2, default=str)
+
+
+def _config_dict(cfg) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
 
 
 def summary_table(metrics: dict) -> str:
@@ -60,5 +71,6 @@ def write_run(result, cfg, *, truth_key: str | None) -> Path:
         "config": str(run_dir / "config.yaml"),
         "domains_png": str(run_dir / "domains.png") if "spatial" in adata.obsm else None,
     }
+    result.metrics["config"] = _config_dict(cfg)
     write_json(run_dir / "metrics.json", result.metrics)  # last: its presence marks a finished run
     return run_dir

@@ -16,6 +16,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ..fusion import forward_fusion
+
 
 class FusionTrainingPlan(pl.LightningModule):
     """Train ``fusion`` by reconstructing every modality from its embedding."""
@@ -48,8 +50,7 @@ class FusionTrainingPlan(pl.LightningModule):
         self.save_hyperparameters(ignore=["fusion"])
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        feats = {m: batch[m] for m in self.names}
-        return self.fusion(feats, batch["coords"]) if self.needs_coords else self.fusion(feats)
+        return forward_fusion(self.fusion, {m: batch[m] for m in self.names}, batch.get("coords"))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         z = self.embed(batch)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._device import resolve_device
-from ..fusion import fusion_info
+from ..fusion import forward_fusion, fusion_info
 
 log = logging.getLogger(__name__)
 
@@ -70,31 +70,55 @@ def validate_config(cfg) -> dict:
     Returns the few resolved facts the runner needs (fusion info, cluster method).
     Raises ``ValueError`` / ``KeyError`` whose messages name the option and what would work.
     """
-    from ..cluster import METHODS
+    import inspect
+
+    from ..cluster import check_method
+    from ..encoders import get_gene_encoder, get_image_encoder
 
     name = _cfg_get(cfg, "fusion.name")
     if not name:
         raise ValueError("no fusion given; use fusion=<name>.")
     info = fusion_info(str(name))  # unknown name -> lists the registered ones
-    method = _cfg_get(cfg, "cluster.method", "gmm")
-    if method not in METHODS:
-        raise ValueError(f"cluster.method={method!r} is unknown; use one of {sorted(METHODS)}.")
-    k = _cfg_get(cfg, "data.n_domains")
-    if k is None or int(k) < 2:
+    options = _to_dict(_cfg_get(cfg, "fusion.options"))
+    try:
+        inspect.signature(info.cls).bind({}, out_dim=1, **options)
+    except TypeError:
+        accepted = [p for p in inspect.signature(info.cls).parameters if p not in ("dims", "out_dim")]
         raise ValueError(
-            f"data.n_domains={k!r}: set the number of spatial domains K to find (>= 2), e.g. data.n_domains=7."
-        )
+            f"fusion.options {sorted(options)} do not fit fusion {info.name!r}; it accepts: {', '.join(accepted) or 'none'}."
+        ) from None
+    method = _cfg_get(cfg, "cluster.method", "gmm")
+    check_method(method, _to_dict(_cfg_get(cfg, "cluster.options")))
+    n_domains = _positive_int(cfg, "data.n_domains", minimum=2, hint="the number of spatial domains K to find, e.g. data.n_domains=7")
+    _positive_int(cfg, "trainer.max_epochs", minimum=1, default=200)
+    if _cfg_get(cfg, "trainer.batch_size") is not None:
+        _positive_int(cfg, "trainer.batch_size", minimum=1, hint="spots per step, or null for the full slice")
+    _positive_int(cfg, "out_dim", minimum=2, default=16)
     space = _cfg_get(cfg, "cluster.space", "embedding")
     if space not in ("embedding", "reconstruction"):
         raise ValueError(f"cluster.space={space!r}; use 'embedding' or 'reconstruction'.")
-    from ..encoders import get_gene_encoder, get_image_encoder
-
+    weights = _to_dict(_cfg_get(cfg, "trainer.modality_weights"))
+    unknown = sorted(set(weights) - {"gene", "image"})
+    if unknown:
+        raise ValueError(f"trainer.modality_weights has unknown modalities {unknown}; the modalities are gene and image.")
     get_gene_encoder(_cfg_get(cfg, "encoder.gene", "pca"))
     image = _cfg_get(cfg, "encoder.image", "stats")
     if image not in (None, "none"):
         get_image_encoder(image)
     resolve_device(_cfg_get(cfg, "trainer.accelerator", "auto"))
-    return {"info": info, "method": method, "n_domains": int(k)}
+    return {"info": info, "method": method, "n_domains": n_domains}
+
+
+def _positive_int(cfg, key: str, *, minimum: int, default=None, hint: str = "") -> int:
+    value = _cfg_get(cfg, key, default)
+    try:
+        number = int(value)
+        ok = number == float(value) and number >= minimum
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{key}={value!r}: expected a whole number >= {minimum}" + (f" ({hint})." if hint else "."))
+    return number
 
 
 # --------------------------------------------------------------------------- data
@@ -128,6 +152,14 @@ def load_slice(data_cfg):
 
         add_annotation(adata, annotation, key=key)
     return adata
+
+
+def _neighbourhood_mean(x: np.ndarray, neighbors: np.ndarray) -> np.ndarray:
+    """Mean of ``x`` over each row of the (N, k+1) neighbour index; O(N F) extra memory."""
+    out = np.zeros_like(x, dtype=np.float64)
+    for j in range(neighbors.shape[1]):
+        out += x[neighbors[:, j]]
+    return (out / neighbors.shape[1]).astype(np.float32)
 
 
 def _normalise_coords(xy: np.ndarray) -> np.ndarray:
@@ -171,7 +203,9 @@ def _fit(plan, dm, cfg, device, run_dir: Path | None, progress: bool) -> dict:
     if run_dir is not None:
         from pytorch_lightning.callbacks import ModelCheckpoint
 
-        ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_last=False, save_top_k=1, monitor=None)
+        ckpt = ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1, monitor=None, enable_version_counter=False
+        )
         callbacks.append(ckpt)
     accelerator = {"cuda": "gpu", "mps": "mps"}.get(device.type, "cpu")
     trainer = pl.Trainer(
@@ -238,6 +272,13 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     progress = bool(_cfg_get(cfg, "trainer.progress_bar", True)) if progress is None else progress
     run_dir = Path(str(_cfg_get(cfg, "run_dir"))) if write and _cfg_get(cfg, "run_dir") else None
 
+    if run_dir is not None and (run_dir / "metrics.json").exists():
+        if not bool(_cfg_get(cfg, "overwrite", False)):
+            raise FileExistsError(
+                f"run_dir={str(run_dir)!r} already holds a finished run (metrics.json); choose another "
+                "run_dir, or pass overwrite=true to replace it."
+            )
+        (run_dir / "metrics.json").unlink()  # its presence must keep meaning "finished"
     if adata is None:
         adata = load_slice(cfg["data"])
     has_coords = "spatial" in adata.obsm
@@ -248,7 +289,6 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
             f"{', '.join(n for n in _registered(needs_coords=False))}."
         )
     truth_key = _cfg_get(cfg, "data.annotation_key", "ground_truth")
-    truth = adata.obs[truth_key].to_numpy() if truth_key in adata.obs else None
     if n_domains >= adata.n_obs:
         raise ValueError(f"data.n_domains={n_domains} must be smaller than the number of spots ({adata.n_obs}).")
 
@@ -264,7 +304,9 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     prepared = prepare_inputs(
         adata,
         gene=_cfg_get(cfg, "encoder.gene", "pca"),
-        gene_options={**_to_dict(_cfg_get(cfg, "encoder.gene_options")), "seed": 0},
+        # The encoder has its own seed (default 0), independent of the run seed, so every
+        # seed of a slice shares one cached preparation.
+        gene_options={"seed": 0, **_to_dict(_cfg_get(cfg, "encoder.gene_options"))},
         image=image,
         image_options=_to_dict(_cfg_get(cfg, "encoder.image_options")),
         patch_context=float(_cfg_get(cfg, "encoder.patch_context", 2.0)),
@@ -274,19 +316,19 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     prep_seconds = time.perf_counter() - t0
     features = _standardise(prepared.features)
 
-    # ---- spatial neighbours: one cKDTree/grid query shared by smoothing and refinement
+    # ---- spatial neighbours for input smoothing (cKDTree, or the grid engine at HD scale)
     k_spatial = int(_cfg_get(cfg, "spatial.n_neighbors", 6))
     neighbors = knn_indices(prepared.coords, k_spatial, include_self=True) if has_coords else None
     smooth = bool(_cfg_get(cfg, "spatial.smooth_inputs", True)) and neighbors is not None
     if smooth:
         # Neighbourhood-mean inputs (the BANKSY / "averaged over spatial neighbours" prior),
         # computed O(N k) from the (N, k+1) index, identical for every fusion.
-        features = {m: x[neighbors].mean(1) for m, x in features.items()}
+        features = {m: _neighbourhood_mean(x, neighbors) for m, x in features.items()}
     coords = _normalise_coords(prepared.coords) if has_coords else None
 
     # ---- model
     _seed_everything(seed)
-    out_dim = int(_cfg_get(cfg, "out_dim", 32))
+    out_dim = int(_cfg_get(cfg, "out_dim", 16))
     fusion = info.cls(prepared.dims, out_dim=out_dim, **_to_dict(_cfg_get(cfg, "fusion.options")))
     train_info = {"epochs": 0, "train_seconds": 0.0}
     plan = None
@@ -304,6 +346,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         train_info = _fit(plan, dm, cfg, device, run_dir, progress)
         plan = plan.to(device).eval()
     else:
+        fusion.eval()
         dm = SpotDataModule(features, coords=coords)
 
     # ---- embedding (inference in batches)
@@ -311,8 +354,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     with torch.no_grad():
         for batch in dm.predict_batches():
             batch = {k: v.to(device) for k, v in batch.items()}
-            feats = {m: batch[m] for m in prepared.dims}
-            z = fusion(feats, batch["coords"]) if info.needs_coords else fusion(feats)
+            z = forward_fusion(fusion, {m: batch[m] for m in prepared.dims}, batch.get("coords"))
             emb.append(z.float().cpu().numpy())
             if plan is not None and "gene" in plan.decoders:
                 rec.append(plan.decoders["gene"](z).float().cpu().numpy())
@@ -338,6 +380,8 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     else:
         refined = labels
         adata.obs[refined_key] = adata.obs[label_key]
+    # Ground truth is read here, after clustering and refinement, and only to score.
+    truth = adata.obs[truth_key].to_numpy() if truth_key in adata.obs else None
     scores = {
         "before_refinement": score_labels(labels, truth, prepared.coords),
         "after_refinement": score_labels(refined, truth, prepared.coords),
