@@ -226,6 +226,9 @@ def _mclust_python(X: NDArray[np.float64], n_clusters: int, seed: int, model: st
     return np.asarray(fit.classification, dtype=np.int64) - 1
 
 
+_MCLUST_MAX_HC = 5000
+
+
 def _mclust(
     X: NDArray[np.float64],
     n_clusters: int,
@@ -258,6 +261,12 @@ def _mclust(
         raise ValueError(f"mclust: backend must be 'auto', 'r' or 'python'; got {backend!r}.")
     if hc_subset is not None and hc_subset < n_clusters:
         raise ValueError(f"mclust: hc_subset must be at least n_clusters={n_clusters} (or None); got {hc_subset}.")
+    if (hc_subset is None or hc_subset > _MCLUST_MAX_HC) and len(X) > _MCLUST_MAX_HC and backend != "r":
+        # pymclustr's hierarchical start holds a (2n)^2 float64 matrix: 9 GB at 17k spots.
+        raise ValueError(
+            f"mclust: a hierarchical start on {len(X)} spots needs O(n^2) memory in pymclustr; "
+            f"keep cluster.options.hc_subset <= {_MCLUST_MAX_HC} (default 2000) or use cluster=gmm."
+        )
     if backend in ("auto", "r"):
         labels = _mclust_r(X, n_clusters, seed, model)
         if labels is not None:
