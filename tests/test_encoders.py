@@ -31,13 +31,19 @@ def test_patch_geometry_prefers_hires_and_scales_physically():
         patch_geometry(sf, {})
 
 
-@pytest.mark.parametrize("name", list_image_encoders())
+PATCH_ENCODERS = [n for n in list_image_encoders() if getattr(get_image_encoder(n), "uses_patches", True)]
+
+
+@pytest.mark.parametrize("name", PATCH_ENCODERS)
 def test_image_encoders_separate_stained_from_blank(name):
     rng = np.random.default_rng(0)
     blank = np.ones((10, 8, 8, 3), np.float32) - rng.random((10, 8, 8, 3), dtype=np.float32) * 0.02
     purple = np.clip(np.array([0.55, 0.35, 0.65], np.float32) + rng.normal(0, 0.05, (10, 8, 8, 3)), 0, 1).astype(np.float32)
     enc = get_image_encoder(name)()
-    f = enc.encode(np.concatenate([blank, purple]))
+    patches = np.concatenate([blank, purple])
+    if getattr(enc, "requires_fit", False):
+        enc.fit(patches)
+    f = enc.encode(patches)
     assert f.shape[0] == 20 and np.isfinite(f).all()
     within = np.linalg.norm(f[:10] - f[:10].mean(0), axis=1).mean()
     between = np.linalg.norm(f[:10].mean(0) - f[10:].mean(0))
@@ -91,3 +97,47 @@ def test_image_features_follow_the_domains(tiny_slice):
     x = (x - x.mean(0)) / (x.std(0) + 1e-8)
     labels = KMeans(3, n_init=10, random_state=0).fit_predict(x)
     assert adjusted_rand_score(tiny_slice.obs["ground_truth"], labels) > 0.5
+
+
+# --------------------------------------------------------------------------- precomputed
+
+
+def test_precomputed_npy_and_table(tiny_slice, tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(tiny_slice.n_obs, 5)).astype(np.float32)
+    np.save(tmp_path / "emb.npy", emb)
+    prep = prepare_inputs(tiny_slice, image="precomputed", image_options={"path": str(tmp_path / "emb.npy")})
+    np.testing.assert_array_equal(prep.features["image"], emb)
+
+    table = pd.DataFrame(emb, columns=[f"f{i}" for i in range(5)])
+    table.insert(0, "barcode", tiny_slice.obs_names)
+    table.sample(frac=1.0, random_state=0).to_csv(tmp_path / "emb.csv", index=False)  # order must not matter
+    prep = prepare_inputs(tiny_slice, image="precomputed", image_options={"path": str(tmp_path / "emb.csv")})
+    np.testing.assert_allclose(prep.features["image"], emb, rtol=1e-6)
+
+
+def test_precomputed_validation(tiny_slice, tmp_path):
+    import pandas as pd
+
+    np.save(tmp_path / "short.npy", np.zeros((10, 3)))
+    with pytest.raises(ValueError, match=r"\(300, n_features\)"):
+        prepare_inputs(tiny_slice, image="precomputed", image_options={"path": str(tmp_path / "short.npy")})
+    half = pd.DataFrame({"barcode": tiny_slice.obs_names[:150], "f": np.arange(150.0)})
+    half.to_csv(tmp_path / "half.csv", index=False)
+    with pytest.raises(ValueError, match="cover 150 of 300"):
+        prepare_inputs(tiny_slice, image="precomputed", image_options={"path": str(tmp_path / "half.csv")})
+    filled = prepare_inputs(tiny_slice, image="precomputed", image_options={"path": str(tmp_path / "half.csv"), "min_coverage": 0.5})
+    assert np.isfinite(filled.features["image"]).all()
+    with pytest.raises(FileNotFoundError, match="absent.npy"):
+        prepare_inputs(tiny_slice, image="precomputed", image_options={"path": str(tmp_path / "absent.npy")})
+
+
+def test_precomputed_missing_file_stops_the_cli_before_reading(tmp_path, capsys, monkeypatch):
+    import mihd.train._runner as runner
+    from mihd.cli import main
+
+    monkeypatch.setattr(runner, "load_slice", lambda *a, **k: pytest.fail("data was read"))
+    code = main(["train", "trainer=fast", "encoder.image=precomputed", f"+encoder.image_options.path={tmp_path / 'nope.npy'}"])
+    assert code == 1 and "nope.npy" in capsys.readouterr().err

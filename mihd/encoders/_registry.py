@@ -4,7 +4,8 @@ Two kinds share one mechanism:
 
 - image encoders (``@register_image_encoder("name")``) turn a batch of spot-centred
   RGB patches ``(B, h, w, 3)`` float32 in [0, 1] into features ``(B, F)`` via
-  ``encode``; they may first ``fit`` on the slide's own patches (self-supervised CNNs);
+  ``encode``; an encoder with ``requires_fit = True`` is first given ``fit(patches)``
+  with a seeded sample of the slide's own patches (self-supervised CNNs);
 - gene encoders (``@register_gene_encoder("name")``) turn an AnnData of raw counts
   into ``(N, F)`` features via ``encode(adata)``.
 

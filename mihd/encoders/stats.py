@@ -33,9 +33,7 @@ class StatsEncoder:
             raise ValueError(f"encoder.n_hist_bins must be >= 2, got {n_hist_bins}.")
         self.n_hist_bins = n_hist_bins
 
-    def fit(self, patches_iter) -> "StatsEncoder":
-        """Nothing to learn; present for the common encoder interface."""
-        return self
+    requires_fit = False  # nothing to learn
 
     @property
     def params(self) -> dict:

@@ -85,7 +85,10 @@ def _atomic_savez(path: Path, **arrays) -> None:
     atomic_write(path, _w)
 
 
-def _encode_image(adata, encoder, *, context: float, patch_px: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def _encode_image(
+    adata, encoder, *, context: float, patch_px: int, batch_size: int, fit_max_patches: int = 20000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Fit (if the encoder learns from the slide) and encode spot patches, streamed in batches."""
     lib, entry = _spatial_entry(adata)
     if lib is None or not entry.get("images"):
         raise KeyError(
@@ -100,13 +103,25 @@ def _encode_image(adata, encoder, *, context: float, patch_px: int, batch_size: 
     if image.max() > 1.5:  # uint8-range images
         image = image / 255.0
     centers = np.asarray(adata.obsm["spatial"], dtype=np.float64) * geom.scale
+
+    def patches_of(idx):
+        return extract_patches(image, centers[idx], geom.side_img_px, out_px=patch_px)
+
+    info = {"library_id": lib, "image_key": geom.image_key, "scale": geom.scale, "patch_side_img_px": geom.side_img_px}
+    if getattr(encoder, "requires_fit", False):
+        # Self-supervised encoders learn from the slide's own patches: a seeded sample
+        # bounds the memory and time of fitting on HD slices.
+        rng = np.random.default_rng(seed)
+        n_fit = min(adata.n_obs, fit_max_patches)
+        sample = np.sort(rng.choice(adata.n_obs, size=n_fit, replace=False))
+        encoder.fit(patches_of(sample)[0])
+        info["fit_patches"] = int(n_fit)
     feats, outside = [], []
     # Stream patches in batches: memory stays O(batch) whatever the number of spots.
     for start in range(0, adata.n_obs, batch_size):
-        patches, out = extract_patches(image, centers[start : start + batch_size], geom.side_img_px, out_px=patch_px)
+        patches, out = patches_of(slice(start, start + batch_size))
         feats.append(encoder.encode(patches))
         outside.append(out)
-    info = {"library_id": lib, "image_key": geom.image_key, "scale": geom.scale, "patch_side_img_px": geom.side_img_px}
     return np.concatenate(feats), np.concatenate(outside), info
 
 
@@ -153,7 +168,8 @@ def prepare_inputs(
     gene_enc = get_gene_encoder(gene)(**(gene_options or {}))
     image_enc = get_image_encoder(image)(**(image_options or {})) if image else None
     coords = np.asarray(adata.obsm["spatial"], dtype=np.float64) if "spatial" in adata.obsm else None
-    if image_enc is not None and coords is None:
+    patch_free = image_enc is not None and not getattr(image_enc, "uses_patches", True)
+    if image_enc is not None and coords is None and not patch_free:
         raise KeyError(
             f"encoder.image={image} needs spot coordinates in obsm['spatial'] to place patches; "
             f"obsm has {list(adata.obsm.keys())}. Use encoder.image=none."
@@ -183,13 +199,13 @@ def prepare_inputs(
         except (OSError, KeyError, ValueError) as err:  # a corrupt cache is recomputed, not fatal
             log.warning("ignoring unreadable cache file %s (%s); recomputing", path, err)
 
-    if image_enc is not None:  # fail on a bad image setup before the gene PCA, not after
+    if image_enc is not None and not patch_free:  # fail on a bad image setup before the gene PCA, not after
         _, entry = _spatial_entry(adata)
         patch_geometry(entry.get("scalefactors", {}), entry.get("images", {}), context=patch_context)
     feats = {"gene": gene_enc.encode(adata)}
-    if image_enc is not None:
-        if hasattr(image_enc, "fit"):
-            image_enc.fit(None)
+    if patch_free:
+        feats["image"] = image_enc.encode_obs(adata.obs_names)
+    elif image_enc is not None:
         feats["image"], outside, info = _encode_image(adata, image_enc, context=patch_context, patch_px=patch_px, batch_size=batch_size)
         meta.update(info)
         meta["n_patches_padded"] = int(outside.sum())

@@ -104,7 +104,12 @@ def validate_config(cfg) -> dict:
     get_gene_encoder(_cfg_get(cfg, "encoder.gene", "pca"))
     image = _cfg_get(cfg, "encoder.image", "stats")
     if image not in (None, "none"):
-        get_image_encoder(image)
+        # Building the encoder checks its options (e.g. a precomputed file that is missing).
+        image_cls = get_image_encoder(image)
+        try:
+            image_cls(**_to_dict(_cfg_get(cfg, "encoder.image_options")))
+        except TypeError as err:
+            raise ValueError(f"encoder.image_options do not fit encoder {image!r}: {err}") from None
     resolve_device(_cfg_get(cfg, "trainer.accelerator", "auto"))
     return {"info": info, "method": method, "n_domains": n_domains}
 
@@ -259,6 +264,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     from ..cluster import cluster_embedding
     from ..graph import knn_indices
     from ..metrics import score_labels
+    from ..encoders import get_image_encoder
     from ..pp import prepare_inputs
     from ..refine import refine_labels
     from ._datamodule import SpotDataModule
@@ -295,7 +301,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     # ---- prepared inputs (cached per slice and encoder parameters)
     t0 = time.perf_counter()
     image = _cfg_get(cfg, "encoder.image", "stats")
-    if image not in (None, "none"):
+    if image not in (None, "none") and getattr(get_image_encoder(image), "uses_patches", True):
         lib = next(iter(adata.uns.get("spatial", {}) or {}), None)
         if lib is None or not adata.uns["spatial"][lib].get("images"):
             log.warning("the data has no H&E image: training on genes only (encoder.image=none)")
