@@ -8,10 +8,13 @@ import pytest
 import torch
 
 import mihd
-from mihd.fusion import fusion_info, get_fusion, list_fusions, register_fusion
+from mihd.fusion import forward_fusion, fusion_info, get_fusion, list_fusions, register_fusion
 
 DIMS = {"gene": 12, "image": 7}
 N = 24
+
+
+K = 5
 
 
 def _inputs(n=N, dims=DIMS, seed=0):
@@ -21,8 +24,18 @@ def _inputs(n=N, dims=DIMS, seed=0):
     return feats, coords
 
 
+def _neighborhood(feats, coords, k=K):
+    """Brute-force kNN (fine for a test) in the layout the datamodule produces."""
+    d = torch.cdist(coords, coords)
+    d.fill_diagonal_(float("inf"))
+    nbr = d.topk(k, largest=False).indices
+    hood = {m: x[nbr] for m, x in feats.items()}
+    hood["offsets"] = coords[nbr] - coords.unsqueeze(1)
+    return hood
+
+
 def _forward(name, module, feats, coords):
-    return module(feats, coords) if fusion_info(name).needs_coords else module(feats)
+    return forward_fusion(module, feats, coords, _neighborhood(feats, coords))
 
 
 def test_needs_coords_constant_is_derived_from_registry():
@@ -91,8 +104,8 @@ def test_coords_change_the_embedding(name):
     module.eval()
     feats, coords = _inputs()
     with torch.no_grad():
-        a = module(feats, coords)
-        b = module(feats, coords.flip(0))
+        a = _forward(name, module, feats, coords)
+        b = _forward(name, module, feats, coords.flip(0))
     assert not torch.allclose(a, b)
 
 
@@ -100,8 +113,14 @@ def test_coords_change_the_embedding(name):
 def test_coords_shape_is_checked(name):
     module = get_fusion(name)(DIMS, out_dim=8)
     feats, _ = _inputs()
-    with pytest.raises(ValueError, match="coords"):
-        module(feats, torch.zeros(N, 3))
+    bad = torch.zeros(N, 3)
+    with pytest.raises(ValueError, match="coords|offsets"):
+        if fusion_info(name).needs_neighborhood:
+            hood = _neighborhood(feats, torch.zeros(N, 2))
+            hood["offsets"] = torch.zeros(N, K, 3)
+            module(feats, torch.zeros(N, 2), hood)
+        else:
+            module(feats, bad)
 
 
 @pytest.mark.parametrize("name", list_fusions(trainable=True))
@@ -134,3 +153,20 @@ def test_declared_flag_must_match_signature():
 def test_register_rejects_non_modules():
     with pytest.raises(TypeError):
         register_fusion("_not_a_module")(object)
+
+
+@pytest.mark.parametrize("name", list_fusions(needs_neighborhood=True))
+def test_graph_fusions_use_their_neighbours(name):
+    torch.manual_seed(0)
+    module = get_fusion(name)(DIMS, out_dim=8).eval()
+    feats, coords = _inputs()
+    hood = _neighborhood(feats, coords)
+    with torch.no_grad():
+        a = module(feats, coords, hood)
+        shuffled = {m: (v.flip(0) if m != "offsets" else v) for m, v in hood.items()}
+        b = module(feats, coords, shuffled)
+    assert not torch.allclose(a, b)
+
+
+def test_graph_fusions_are_coords_fusions():
+    assert set(list_fusions(needs_neighborhood=True)) <= set(list_fusions(needs_coords=True))

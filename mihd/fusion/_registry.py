@@ -28,6 +28,7 @@ class FusionInfo:
     name: str
     cls: type
     needs_coords: bool
+    needs_neighborhood: bool
     trainable: bool
     summary: str
 
@@ -35,9 +36,8 @@ class FusionInfo:
 _REGISTRY: dict[str, FusionInfo] = {}
 
 
-def _coords_in_signature(cls: type) -> bool:
-    params = inspect.signature(cls.forward).parameters
-    p = params.get("coords")
+def _required_in_signature(cls: type, arg: str) -> bool:
+    p = inspect.signature(cls.forward).parameters.get(arg)
     return p is not None and p.default is inspect.Parameter.empty
 
 
@@ -46,9 +46,14 @@ def register_fusion(name: str):
 
     The module is built as ``cls(dims, out_dim=..., **options)`` where ``dims`` maps
     modality name (``"gene"``, ``"image"``) to input width. Its
-    ``forward(features, coords)`` (``coords`` only if the strategy needs them) returns
-    the ``(N, out_dim)`` fused embedding. Optional class attributes: ``trainable = False``
-    for non-learned baselines; ``needs_coords`` (checked against the signature).
+    ``forward(features, coords, neighborhood)`` returns the ``(N, out_dim)`` fused
+    embedding; ``coords`` and ``neighborhood`` appear only if the strategy uses them.
+    ``neighborhood`` is a dict with, per modality, the ``(N, k, F)`` features of each
+    spot's k nearest spatial neighbours and ``"offsets"``, their ``(N, k, 2)``
+    normalised coordinate offsets (a graph fusion then needs no N x N structure, and
+    mini-batches carry their own neighbourhoods). Optional class attributes:
+    ``trainable = False`` for non-learned baselines; ``needs_coords`` (checked
+    against the signature).
     """
 
     def deco(cls: type) -> type:
@@ -56,7 +61,10 @@ def register_fusion(name: str):
             raise TypeError(f"@register_fusion({name!r}) must decorate an nn.Module subclass, got {cls!r}.")
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"fusion {name!r} is already registered by {_REGISTRY[name].cls.__module__}.")
-        derived = _coords_in_signature(cls)
+        derived = _required_in_signature(cls, "coords")
+        wants_graph = _required_in_signature(cls, "neighborhood")
+        if wants_graph and not derived:
+            raise TypeError(f"fusion {name!r} takes a spatial 'neighborhood', so its forward must also take 'coords'.")
         declared = cls.__dict__.get("needs_coords")
         if declared is not None and bool(declared) != derived:
             raise TypeError(
@@ -68,6 +76,7 @@ def register_fusion(name: str):
             name=name,
             cls=cls,
             needs_coords=derived,
+            needs_neighborhood=wants_graph,
             trainable=bool(getattr(cls, "trainable", True)),
             summary=doc.splitlines()[0] if doc else "",
         )
@@ -82,7 +91,9 @@ def _discover() -> None:
     import_submodules("mihd.fusion")
 
 
-def list_fusions(needs_coords: bool | None = None, trainable: bool | None = None) -> list[str]:
+def list_fusions(
+    needs_coords: bool | None = None, trainable: bool | None = None, needs_neighborhood: bool | None = None
+) -> list[str]:
     """Names of registered fusions, sorted; optionally filtered by capability."""
     _discover()
     return sorted(
@@ -90,6 +101,7 @@ def list_fusions(needs_coords: bool | None = None, trainable: bool | None = None
         for n, info in _REGISTRY.items()
         if (needs_coords is None or info.needs_coords == needs_coords)
         and (trainable is None or info.trainable == trainable)
+        and (needs_neighborhood is None or info.needs_neighborhood == needs_neighborhood)
     )
 
 
@@ -115,10 +127,13 @@ def needs_coords(name: str) -> bool:
     return fusion_info(name).needs_coords
 
 
-def forward_fusion(module: nn.Module, features: dict, coords=None):
-    """Call a registered fusion with coordinates exactly when it needs them."""
-    if fusion_info(module.fusion_name).needs_coords:
-        if coords is None:
-            raise ValueError(f"fusion {module.fusion_name!r} needs coordinates; none were given.")
-        return module(features, coords)
-    return module(features)
+def forward_fusion(module: nn.Module, features: dict, coords=None, neighborhood=None):
+    """Call a registered fusion with coordinates / neighbourhoods exactly when it needs them."""
+    info = fusion_info(module.fusion_name)
+    if info.needs_coords and coords is None:
+        raise ValueError(f"fusion {info.name!r} needs coordinates; none were given.")
+    if info.needs_neighborhood:
+        if neighborhood is None:
+            raise ValueError(f"fusion {info.name!r} needs spatial neighbourhoods; none were given.")
+        return module(features, coords, neighborhood)
+    return module(features, coords) if info.needs_coords else module(features)

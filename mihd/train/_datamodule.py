@@ -37,6 +37,8 @@ class SpotDataModule(pl.LightningDataModule):
         Modality name -> (N, F) reconstruction targets (defaults to ``features``).
     coords
         (N, 2) normalised coordinates, or None.
+    neighbors
+        (N, k) indices of each spot's k nearest other spots, for graph fusions; or None.
     batch_size
         Spots per step; ``None`` or >= N trains on the full slice each step.
     """
@@ -47,6 +49,7 @@ class SpotDataModule(pl.LightningDataModule):
         *,
         targets: dict[str, np.ndarray] | None = None,
         coords: np.ndarray | None = None,
+        neighbors: np.ndarray | None = None,
         batch_size: int | None = None,
         seed: int = 0,
     ):
@@ -55,6 +58,11 @@ class SpotDataModule(pl.LightningDataModule):
         targets = targets or features
         self.targets = {m: torch.as_tensor(x, dtype=torch.float32) for m, x in targets.items()}
         self.coords = None if coords is None else torch.as_tensor(coords, dtype=torch.float32)
+        # (N, k) spatial neighbours (self excluded): each batch carries its spots' neighbourhoods,
+        # so graph fusions train on mini-batches with O(B k F) memory and no N x N structure.
+        self.neighbors = None if neighbors is None else torch.as_tensor(np.asarray(neighbors), dtype=torch.long)
+        if self.neighbors is not None and self.coords is None:
+            raise ValueError("spatial neighbours were given without coordinates.")
         self.n = len(next(iter(self.features.values())))
         self.batch_size = self.n if batch_size is None else min(int(batch_size), self.n)
         self.seed = seed
@@ -64,6 +72,11 @@ class SpotDataModule(pl.LightningDataModule):
         batch.update({f"target_{m}": x[idx] for m, x in self.targets.items()})
         if self.coords is not None:
             batch["coords"] = self.coords[idx]
+        if self.neighbors is not None:
+            nbr = self.neighbors[idx]
+            hood = {m: x[nbr] for m, x in self.features.items()}
+            hood["offsets"] = self.coords[nbr] - batch["coords"].unsqueeze(1)
+            batch["neighborhood"] = hood
         return batch
 
     def train_dataloader(self) -> DataLoader:

@@ -50,7 +50,7 @@ class FusionTrainingPlan(pl.LightningModule):
         self.save_hyperparameters(ignore=["fusion"])
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return forward_fusion(self.fusion, {m: batch[m] for m in self.names}, batch.get("coords"))
+        return forward_fusion(self.fusion, {m: batch[m] for m in self.names}, batch.get("coords"), batch.get("neighborhood"))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         z = self.embed(batch)

@@ -331,6 +331,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         # computed O(N k) from the (N, k+1) index, identical for every fusion.
         features = {m: _neighbourhood_mean(x, neighbors) for m, x in features.items()}
     coords = _normalise_coords(prepared.coords) if has_coords else None
+    graph_neighbors = neighbors[:, 1:] if info.needs_neighborhood else None
 
     # ---- model
     _seed_everything(seed)
@@ -348,19 +349,21 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
             lr=float(_cfg_get(cfg, "trainer.lr", 2e-3)),
             weight_decay=float(_cfg_get(cfg, "trainer.weight_decay", 1e-4)),
         )
-        dm = SpotDataModule(features, coords=coords, batch_size=_cfg_get(cfg, "trainer.batch_size"), seed=seed)
+        dm = SpotDataModule(
+            features, coords=coords, neighbors=graph_neighbors, batch_size=_cfg_get(cfg, "trainer.batch_size"), seed=seed
+        )
         train_info = _fit(plan, dm, cfg, device, run_dir, progress)
         plan = plan.to(device).eval()
     else:
         fusion.eval()
-        dm = SpotDataModule(features, coords=coords)
+        dm = SpotDataModule(features, coords=coords, neighbors=graph_neighbors)
 
     # ---- embedding (inference in batches)
     emb, rec = [], []
     with torch.no_grad():
         for batch in dm.predict_batches():
-            batch = {k: v.to(device) for k, v in batch.items()}
-            z = forward_fusion(fusion, {m: batch[m] for m in prepared.dims}, batch.get("coords"))
+            batch = _to_device(batch, device)
+            z = forward_fusion(fusion, {m: batch[m] for m in prepared.dims}, batch.get("coords"), batch.get("neighborhood"))
             emb.append(z.float().cpu().numpy())
             if plan is not None and "gene" in plan.decoders:
                 rec.append(plan.decoders["gene"](z).float().cpu().numpy())
@@ -427,6 +430,12 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
 
         write_run(result, cfg, truth_key=truth_key if truth is not None else None)
     return result
+
+
+def _to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch.to(device)
 
 
 def _registered(needs_coords: bool) -> list[str]:
