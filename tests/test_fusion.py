@@ -38,6 +38,25 @@ def _forward(name, module, feats, coords):
     return forward_fusion(module, feats, coords, _neighborhood(feats, coords))
 
 
+def _batch(module, feats, coords):
+    import numpy as np
+
+    batch = {**feats, "coords": coords, "neighborhood": _neighborhood(feats, coords)}
+    if hasattr(module, "precompute"):
+        aux = module.precompute({m: x.numpy() for m, x in feats.items()}, seed=0)
+        batch["aux"] = {k: torch.as_tensor(np.asarray(v)) for k, v in aux.items()}
+    return batch
+
+
+def _training_loss(module, name, feats, coords):
+    """A stand-in for the runner's objective: an output loss plus the strategy's own term."""
+    z = _forward(name, module, feats, coords)
+    loss = (z**2).mean()
+    if hasattr(module, "extra_loss"):
+        loss = loss + module.extra_loss(z, _batch(module, feats, coords))
+    return loss
+
+
 def test_needs_coords_constant_is_derived_from_registry():
     assert mihd.NEEDS_COORDS_FUSIONS == frozenset(mihd.list_fusions(needs_coords=True))
     assert "adaln_attention" in mihd.NEEDS_COORDS_FUSIONS
@@ -71,8 +90,7 @@ def test_backward_reaches_every_parameter(name):
     torch.manual_seed(0)
     module = get_fusion(name)(DIMS, out_dim=8).train()
     feats, coords = _inputs()
-    z = _forward(name, module, feats, coords)
-    (z**2).mean().backward()
+    _training_loss(module, name, feats, coords).backward()
     without = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert not without, f"{name}: parameters without gradient: {without}"
     # a real step changes the output
@@ -82,7 +100,7 @@ def test_backward_reaches_every_parameter(name):
     module.train()
     for _ in range(3):
         opt.zero_grad()
-        (_forward(name, module, feats, coords) ** 2).mean().backward()
+        _training_loss(module, name, feats, coords).backward()
         opt.step()
     module.eval()
     assert not torch.allclose(before, _forward(name, module, feats, coords).detach())
@@ -170,3 +188,37 @@ def test_graph_fusions_use_their_neighbours(name):
 
 def test_graph_fusions_are_coords_fusions():
     assert set(list_fusions(needs_neighborhood=True)) <= set(list_fusions(needs_coords=True))
+
+
+@pytest.mark.parametrize("name", [n for n in list_fusions(trainable=True) if hasattr(get_fusion(n), "extra_loss")])
+def test_extra_losses_are_finite_and_differentiable(name):
+    torch.manual_seed(0)
+    module = get_fusion(name)(DIMS, out_dim=8).train()
+    feats, coords = _inputs()
+    batch = _batch(module, feats, coords)
+    assert all(len(v) == N for v in batch.get("aux", {}).values())
+    z = _forward(name, module, feats, coords)
+    loss = module.extra_loss(z, batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_staig_false_negative_removal_and_guided_drop():
+    from mihd.fusion.staig import _info_nce
+
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(16, 4), dim=-1)
+    b = torch.nn.functional.normalize(a + 0.01 * torch.randn(16, 4), dim=-1)
+    distinct = torch.arange(16)
+    same = torch.zeros(16, dtype=torch.long)
+    # With every spot in one pseudo-cluster there are no negatives left: loss ~ 0.
+    assert _info_nce(a, b, same, 0.5) < 1e-5 < _info_nce(a, b, distinct, 0.5)
+    module = get_fusion("staig")(DIMS, out_dim=8)
+    feats, coords = _inputs()
+    hood = _neighborhood(feats, coords)
+    hood["image"][:, 0] = feats["image"]  # first neighbour: identical histology
+    hood["image"][:, 1] = -feats["image"]  # second: opposite
+    p = module._edge_drop_probability(feats, hood)
+    assert torch.allclose(p[:, 0], torch.full((N,), module.drop_min), atol=1e-5)
+    assert torch.allclose(p[:, 1], torch.full((N,), module.drop_max), atol=1e-5)

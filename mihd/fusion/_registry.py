@@ -53,7 +53,10 @@ def register_fusion(name: str):
     normalised coordinate offsets (a graph fusion then needs no N x N structure, and
     mini-batches carry their own neighbourhoods). Optional class attributes:
     ``trainable = False`` for non-learned baselines; ``needs_coords`` (checked
-    against the signature).
+    against the signature). Optional methods: ``extra_loss(z, batch)`` adds a
+    strategy-specific term to the runner's objective; ``precompute(features, seed)``
+    returns per-spot arrays derived from the input features (never from labels)
+    that reach ``extra_loss`` as ``batch["aux"]``.
     """
 
     def deco(cls: type) -> type:

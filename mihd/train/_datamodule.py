@@ -39,6 +39,8 @@ class SpotDataModule(pl.LightningDataModule):
         (N, 2) normalised coordinates, or None.
     neighbors
         (N, k) indices of each spot's k nearest other spots, for graph fusions; or None.
+    aux
+        Extra per-spot arrays (first axis N) returned by a strategy's ``precompute``.
     batch_size
         Spots per step; ``None`` or >= N trains on the full slice each step.
     """
@@ -50,6 +52,7 @@ class SpotDataModule(pl.LightningDataModule):
         targets: dict[str, np.ndarray] | None = None,
         coords: np.ndarray | None = None,
         neighbors: np.ndarray | None = None,
+        aux: dict[str, np.ndarray] | None = None,
         batch_size: int | None = None,
         seed: int = 0,
     ):
@@ -61,6 +64,8 @@ class SpotDataModule(pl.LightningDataModule):
         # (N, k) spatial neighbours (self excluded): each batch carries its spots' neighbourhoods,
         # so graph fusions train on mini-batches with O(B k F) memory and no N x N structure.
         self.neighbors = None if neighbors is None else torch.as_tensor(np.asarray(neighbors), dtype=torch.long)
+        # Per-spot arrays a strategy derived from the features (e.g. pseudo-labels), batched alongside.
+        self.aux = {k: torch.as_tensor(np.asarray(v)) for k, v in (aux or {}).items()}
         if self.neighbors is not None and self.coords is None:
             raise ValueError("spatial neighbours were given without coordinates.")
         self.n = len(next(iter(self.features.values())))
@@ -77,6 +82,8 @@ class SpotDataModule(pl.LightningDataModule):
             hood = {m: x[nbr] for m, x in self.features.items()}
             hood["offsets"] = self.coords[nbr] - batch["coords"].unsqueeze(1)
             batch["neighborhood"] = hood
+        if self.aux:
+            batch["aux"] = {k: v[idx] for k, v in self.aux.items()}
         return batch
 
     def train_dataloader(self) -> DataLoader:

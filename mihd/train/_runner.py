@@ -349,8 +349,15 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
             lr=float(_cfg_get(cfg, "trainer.lr", 2e-3)),
             weight_decay=float(_cfg_get(cfg, "trainer.weight_decay", 1e-4)),
         )
+        # A strategy may derive per-spot training data from the features (never from labels).
+        aux = fusion.precompute(features, seed) if hasattr(fusion, "precompute") else None
         dm = SpotDataModule(
-            features, coords=coords, neighbors=graph_neighbors, batch_size=_cfg_get(cfg, "trainer.batch_size"), seed=seed
+            features,
+            coords=coords,
+            neighbors=graph_neighbors,
+            aux=aux,
+            batch_size=_cfg_get(cfg, "trainer.batch_size"),
+            seed=seed,
         )
         train_info = _fit(plan, dm, cfg, device, run_dir, progress)
         plan = plan.to(device).eval()
