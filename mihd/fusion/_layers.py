@@ -33,6 +33,22 @@ class ModalityTokens(nn.Module):
         return torch.stack([self.proj[m](features[m]) for m in self.names], dim=1) + self.type_emb
 
 
+class ModalitySum(nn.Module):
+    """Encode each modality with a small MLP and sum them: one fused vector per spot.
+
+    Works on any leading shape, so the same weights embed a spot ``(B, F)`` and its
+    neighbourhood ``(B, k, F)`` in graph fusions.
+    """
+
+    def __init__(self, dims: dict[str, int], width: int):
+        super().__init__()
+        self.names = sorted(dims)
+        self.enc = nn.ModuleDict({m: nn.Sequential(nn.Linear(dims[m], width), nn.GELU(), nn.Linear(width, width)) for m in self.names})
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.enc[m](features[m]) for m in self.names)
+
+
 class FourierCoords(nn.Module):
     """Random Fourier features of 2-D coordinates (Tancik et al. 2020), fixed at init.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._layers import ModalitySum
 from ._registry import register_fusion
 
 
@@ -27,7 +28,7 @@ class GraphAttentionFusion(nn.Module):
             raise ValueError(f"fusion gnn: width={width} must be divisible by n_heads={n_heads}.")
         self.names = sorted(dims)
         self.n_heads, self.head_dim = n_heads, width // n_heads
-        self.enc = nn.ModuleDict({m: nn.Sequential(nn.Linear(dims[m], width), nn.GELU(), nn.Linear(width, width)) for m in self.names})
+        self.enc = ModalitySum(dims, width)
         self.norm = nn.LayerNorm(width)
         self.value = nn.Linear(width, width)
         self.query = nn.Linear(width, width)
@@ -37,7 +38,7 @@ class GraphAttentionFusion(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, out_dim))
 
     def _fuse(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.norm(sum(self.enc[m](feats[m]) for m in self.names))
+        return self.norm(self.enc(feats))
 
     def forward(self, features: dict[str, torch.Tensor], coords: torch.Tensor, neighborhood: dict[str, torch.Tensor]) -> torch.Tensor:
         offsets = neighborhood["offsets"]

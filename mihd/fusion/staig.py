@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._layers import ModalitySum
 from ._registry import register_fusion
 
 
@@ -54,13 +55,13 @@ class STAIGFusion(nn.Module):
         self.n_pseudo_clusters, self.temperature = n_pseudo_clusters, temperature
         self.drop_min, self.drop_max, self.feature_drop = drop_min, drop_max, feature_drop
         self.contrastive_weight = contrastive_weight
-        self.enc = nn.ModuleDict({m: nn.Sequential(nn.Linear(dims[m], width), nn.GELU(), nn.Linear(width, width)) for m in self.names})
+        self.enc = ModalitySum(dims, width)
         self.gnn = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, out_dim))
         self.proj = nn.Sequential(nn.Linear(out_dim, width), nn.GELU(), nn.Linear(width, out_dim))
 
     # ------------------------------------------------------------------ encoder
     def _fuse(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(self.enc[m](feats[m]) for m in self.names)
+        return self.enc(feats)
 
     def _encode(self, features, neighborhood, edge_mask: torch.Tensor | None = None, feat_mask=None) -> torch.Tensor:
         if feat_mask is not None:
