@@ -31,7 +31,12 @@ def test_patch_geometry_prefers_hires_and_scales_physically():
         patch_geometry(sf, {})
 
 
-PATCH_ENCODERS = [n for n in list_image_encoders() if getattr(get_image_encoder(n), "uses_patches", True)]
+# Encoders built from a user's file (checkpoint, embeddings) have their own tests.
+PATCH_ENCODERS = [
+    n
+    for n in list_image_encoders()
+    if getattr(get_image_encoder(n), "uses_patches", True) and not getattr(get_image_encoder(n), "needs_user_file", False)
+]
 
 
 @pytest.mark.parametrize("name", PATCH_ENCODERS)

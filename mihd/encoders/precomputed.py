@@ -25,6 +25,7 @@ class PrecomputedEncoder:
 
     requires_fit = False
     uses_patches = False
+    needs_user_file = True
 
     def __init__(self, path: str | None = None, barcode_column: str | None = None, min_coverage: float = 1.0):
         if not path:
