@@ -146,3 +146,53 @@ def test_precomputed_missing_file_stops_the_cli_before_reading(tmp_path, capsys,
     monkeypatch.setattr(runner, "load_slice", lambda *a, **k: pytest.fail("data was read"))
     code = main(["train", "trainer=fast", "encoder.image=precomputed", f"+encoder.image_options.path={tmp_path / 'nope.npy'}"])
     assert code == 1 and "nope.npy" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- full resolution
+
+
+def test_uint8_and_memmapped_images_give_the_same_patches(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    img8 = rng.integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "he.tif", img8)
+    from mihd.encoders import read_fullres
+
+    mm = read_fullres(tmp_path / "he.tif")
+    assert isinstance(mm, np.memmap)  # uncompressed TIFF: nothing loaded up front
+    centers = np.array([[10.2, 20.7], [70.0, 60.0], [0.0, 0.0]])
+    a, out_a = extract_patches(img8.astype(np.float32) / 255, centers, 9.0, out_px=8)
+    b, out_b = extract_patches(mm, centers, 9.0, out_px=8)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert out_a.tolist() == out_b.tolist() == [False, True, True]
+
+
+def test_fullres_image_is_preferred_and_used(tiny_slice, tmp_path):
+    """A full-resolution TIFF (the lowres image blown up to full-res pixels) drives the patches."""
+    import tifffile
+
+    adata = tiny_slice.copy()
+    entry = adata.uns["spatial"][next(iter(adata.uns["spatial"]))]
+    low = entry["images"]["lowres"]
+    sf = entry["scalefactors"]["tissue_lowres_scalef"]
+    xy = np.asarray(adata.obsm["spatial"])
+    h, w = int(xy[:, 1].max() + 200), int(xy[:, 0].max() + 200)
+    rows = np.clip((np.arange(h) * sf).astype(int), 0, low.shape[0] - 1)
+    cols = np.clip((np.arange(w) * sf).astype(int), 0, low.shape[1] - 1)
+    full = (low[rows][:, cols] * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "full.tif", full)
+    entry.setdefault("metadata", {})["fullres_path"] = str(tmp_path / "full.tif")
+
+    prep = prepare_inputs(adata, cache_dir=tmp_path / "cache")
+    assert prep.meta["image_key"] == "fullres" and prep.meta["scale"] == 1.0
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    x = prep.features["image"]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    labels = KMeans(3, n_init=10, random_state=0).fit_predict(x)
+    assert adjusted_rand_score(adata.obs["ground_truth"], labels) > 0.5
+    # a different full-res file is a different cache entry
+    tifffile.imwrite(tmp_path / "full.tif", 255 - full)
+    assert not prepare_inputs(adata, cache_dir=tmp_path / "cache").meta["cache_hit"]

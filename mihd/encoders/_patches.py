@@ -5,21 +5,49 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
-__all__ = ["PatchGeometry", "patch_geometry", "extract_patches"]
+__all__ = ["PatchGeometry", "patch_geometry", "extract_patches", "read_fullres"]
 
 
 @dataclass(frozen=True)
 class PatchGeometry:
     """Where patches come from: the chosen image and how full-res pixels map onto it."""
 
-    image_key: str  # "hires" or "lowres"
+    image_key: str  # "fullres", "hires" or "lowres"
     scale: float  # image pixels per full-resolution pixel
     side_img_px: float  # patch side in image pixels (spot diameter x context)
 
 
-def patch_geometry(scalefactors: dict, images: dict, *, context: float = 2.0, prefer=("hires", "lowres")) -> PatchGeometry:
+def read_fullres(path) -> np.ndarray:
+    """Open a full-resolution H&E image: memory-mapped when the TIFF allows it (no full load).
+
+    Returns an ``(H, W, 3)`` array (uint8 or float); patches are read from it lazily.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"full-resolution image {str(path)!r} does not exist (data.fullres_image).")
+    if path.suffix.lower() in (".tif", ".tiff", ".btf"):
+        import tifffile
+
+        try:
+            img = tifffile.memmap(str(path), mode="r")  # uncompressed: nothing loaded up front
+        except ValueError:  # compressed / tiled TIFFs cannot be memory-mapped
+            img = tifffile.imread(str(path))
+    else:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # whole-slide images are legitimately huge
+        img = np.asarray(Image.open(path).convert("RGB"))
+    if img.ndim == 3 and img.shape[0] in (3, 4) and img.shape[-1] not in (3, 4):  # channels-first TIFF
+        img = np.moveaxis(img, 0, -1)
+    if img.ndim != 3 or img.shape[-1] < 3:
+        raise ValueError(f"{path}: expected an RGB image (H, W, 3); got shape {img.shape}.")
+    return img
+
+
+def patch_geometry(scalefactors: dict, images: dict, *, context: float = 2.0, prefer=("fullres", "hires", "lowres")) -> PatchGeometry:
     """Pick the highest-resolution image available and size the patch physically.
 
     The patch side is ``spot_diameter_fullres * context`` full-resolution pixels (a
@@ -37,6 +65,8 @@ def patch_geometry(scalefactors: dict, images: dict, *, context: float = 2.0, pr
         )
     for key in prefer:
         sf_key = f"tissue_{key}_scalef"
+        if key == "fullres" and key in images:  # coordinates are already in full-res pixels
+            return PatchGeometry(key, 1.0, float(scalefactors["spot_diameter_fullres"]) * context)
         if key in images and sf_key in scalefactors:
             scale = float(scalefactors[sf_key])
             return PatchGeometry(key, scale, float(scalefactors["spot_diameter_fullres"]) * context * scale)
@@ -51,10 +81,13 @@ def extract_patches(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bilinearly sample square patches centred on spots.
 
+    Only the pixels the patches need are read (vectorised fancy indexing), so a
+    memory-mapped full-resolution TIFF is never loaded whole.
+
     Parameters
     ----------
     image
-        ``(H, W, C)`` float image in [0, 1].
+        ``(H, W, C)`` image: float in [0, 1], or uint8 (scaled to [0, 1] here).
     centers_xy
         ``(B, 2)`` patch centres in this image's pixels, columns ``(x, y)``.
     side_px
@@ -68,23 +101,27 @@ def extract_patches(
     Returns
     -------
     patches
-        ``(B, out_px, out_px, C)`` float32.
+        ``(B, out_px, out_px, C)`` float32 in [0, 1].
     outside
         ``(B,)`` bool, True where part of the patch fell outside the image (padded).
     """
     centers_xy = np.asarray(centers_xy, dtype=np.float64)
     h, w = image.shape[:2]
+    scale = 1.0 / 255.0 if image.dtype == np.uint8 else 1.0
     # Pixel centres sit at integer indices; offsets span the physical side.
     offs = (np.arange(out_px) + 0.5) / out_px * side_px - side_px / 2.0
-    cx = centers_xy[:, 0, None] + offs[None, :]  # (B, out)
-    cy = centers_xy[:, 1, None] + offs[None, :]
-    rows = np.broadcast_to(cy[:, :, None], (len(cx), out_px, out_px))
-    cols = np.broadcast_to(cx[:, None, :], (len(cx), out_px, out_px))
-    outside = ((cx.min(1) < -0.5) | (cx.max(1) > w - 0.5) | (cy.min(1) < -0.5) | (cy.max(1) > h - 0.5))
-    coords = np.stack([rows.ravel(), cols.ravel()])
-    chans = [
-        ndimage.map_coordinates(image[:, :, c], coords, order=1, mode="constant", cval=fill, prefilter=False)
-        for c in range(image.shape[2])
-    ]
-    patches = np.stack(chans, -1).reshape(len(cx), out_px, out_px, image.shape[2]).astype(np.float32)
-    return patches, outside
+    xs = centers_xy[:, 0, None] + offs[None, :]  # (B, out)
+    ys = centers_xy[:, 1, None] + offs[None, :]
+    outside = (xs.min(1) < -0.5) | (xs.max(1) > w - 0.5) | (ys.min(1) < -0.5) | (ys.max(1) > h - 0.5)
+    x0, y0 = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
+    fx, fy = (xs - x0)[:, None, :, None], (ys - y0)[:, :, None, None]
+
+    def gather(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        r, c = r[:, :, None], c[:, None, :]  # (B, out, 1) x (B, 1, out) -> (B, out, out)
+        valid = ((r >= 0) & (r < h) & (c >= 0) & (c < w))[..., None]
+        vals = np.asarray(image[np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)], dtype=np.float32) * scale
+        return np.where(valid, vals, np.float32(fill))
+
+    top = gather(y0, x0) * (1 - fx) + gather(y0, x0 + 1) * fx
+    bottom = gather(y0 + 1, x0) * (1 - fx) + gather(y0 + 1, x0 + 1) * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32), outside

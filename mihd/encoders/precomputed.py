@@ -43,7 +43,7 @@ class PrecomputedEncoder:
     def params(self) -> dict:
         stat = self.path.stat()
         # The file's size and mtime are part of the cache key: an edited file is re-read.
-        return {"path": str(self.path.resolve()), "size": stat.st_size, "mtime": int(stat.st_mtime), "barcode_column": self.barcode_column, "min_coverage": self.min_coverage}
+        return {"path": str(self.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "barcode_column": self.barcode_column, "min_coverage": self.min_coverage}
 
     def encode_obs(self, obs_names) -> np.ndarray:
         """``(N, F)`` float32 features aligned to ``obs_names``; spots missing from a table get the mean feature."""

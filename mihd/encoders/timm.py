@@ -66,7 +66,7 @@ class TimmEncoder:
         return {
             "checkpoint": str(self.checkpoint.resolve()),
             "size": stat.st_size,
-            "mtime": int(stat.st_mtime),
+            "mtime_ns": stat.st_mtime_ns,
             "model_name": self.model_name,
             "input_size": self.input_size,
             "mean": list(self.mean),

@@ -1,5 +1,5 @@
 """Preprocessing: AnnData in, per-modality features out."""
 
-from ._prepare import PreparedInputs, data_fingerprint, prepare_inputs
+from ._prepare import PreparedInputs, data_fingerprint, prepare_inputs, slide_images
 
-__all__ = ["PreparedInputs", "data_fingerprint", "prepare_inputs"]
+__all__ = ["PreparedInputs", "data_fingerprint", "prepare_inputs", "slide_images"]

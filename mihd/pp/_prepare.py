@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write
-from ..encoders import extract_patches, get_gene_encoder, get_image_encoder, patch_geometry
+from ..encoders import extract_patches, get_gene_encoder, get_image_encoder, patch_geometry, read_fullres
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PreparedInputs", "prepare_inputs", "data_fingerprint"]
+__all__ = ["PreparedInputs", "prepare_inputs", "data_fingerprint", "slide_images"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: patch sampling by pixel gather (full-res TIFF support)
 
 
 @dataclass
@@ -53,6 +53,21 @@ def _spatial_entry(adata) -> tuple[str | None, dict]:
     return lib, spatial[lib]
 
 
+def _available_images(entry: dict) -> dict:
+    """In-memory images plus the full-resolution image path when the reader recorded one."""
+    images = dict(entry.get("images", {}) or {})
+    path = (entry.get("metadata") or {}).get("fullres_path")
+    if path:
+        images["fullres"] = path
+    return images
+
+
+def slide_images(adata) -> dict:
+    """The images patches can come from (``fullres`` path, ``hires``, ``lowres``); empty if none."""
+    _, entry = _spatial_entry(adata)
+    return _available_images(entry)
+
+
 def data_fingerprint(adata) -> str:
     """Cheap, content-based hash of counts, spot names, coordinates and images."""
     h = hashlib.sha1()
@@ -73,6 +88,10 @@ def data_fingerprint(adata) -> str:
     for key, img in sorted(entry.get("images", {}).items()):
         h.update(key.encode())
         h.update(np.ascontiguousarray(img).tobytes())
+    fullres = (entry.get("metadata") or {}).get("fullres_path")
+    if fullres and os.path.exists(fullres):  # the big image is identified by path, size and mtime, not read
+        st = os.stat(fullres)
+        h.update(f"{os.path.abspath(fullres)}:{st.st_size}:{st.st_mtime_ns}".encode())
     h.update(json.dumps(entry.get("scalefactors", {}), sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -90,18 +109,22 @@ def _encode_image(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Fit (if the encoder learns from the slide) and encode spot patches, streamed in batches."""
     lib, entry = _spatial_entry(adata)
-    if lib is None or not entry.get("images"):
+    if lib is None or not _available_images(entry):
         raise KeyError(
             "encoder.image is set but the data has no image under uns['spatial'][<library_id>]['images']; "
             "read a Space Ranger folder with its spatial/ images, or use encoder.image=none."
         )
-    geom = patch_geometry(entry.get("scalefactors", {}), entry["images"], context=context)
-    image = np.asarray(entry["images"][geom.image_key], dtype=np.float32)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    image = image[:, :, :3]
-    if image.max() > 1.5:  # uint8-range images
-        image = image / 255.0
+    images = _available_images(entry)
+    geom = patch_geometry(entry.get("scalefactors", {}), images, context=context)
+    if geom.image_key == "fullres":
+        image = read_fullres(images["fullres"])[:, :, :3]  # memory-mapped when possible; read lazily
+    else:
+        image = np.asarray(images[geom.image_key], dtype=np.float32)
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        image = image[:, :, :3]
+        if image.max() > 1.5:  # uint8-range images stored as float
+            image = image / 255.0
     centers = np.asarray(adata.obsm["spatial"], dtype=np.float64) * geom.scale
 
     def patches_of(idx):
@@ -201,7 +224,7 @@ def prepare_inputs(
 
     if image_enc is not None and not patch_free:  # fail on a bad image setup before the gene PCA, not after
         _, entry = _spatial_entry(adata)
-        patch_geometry(entry.get("scalefactors", {}), entry.get("images", {}), context=patch_context)
+        patch_geometry(entry.get("scalefactors", {}), _available_images(entry), context=patch_context)
     feats = {"gene": gene_enc.encode(adata)}
     if patch_free:
         feats["image"] = image_enc.encode_obs(adata.obs_names)

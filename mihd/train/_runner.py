@@ -265,7 +265,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     from ..graph import knn_indices
     from ..metrics import score_labels
     from ..encoders import get_image_encoder
-    from ..pp import prepare_inputs
+    from ..pp import prepare_inputs, slide_images
     from ..refine import refine_labels
     from ._datamodule import SpotDataModule
     from ._plan import FusionTrainingPlan
@@ -302,8 +302,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     t0 = time.perf_counter()
     image = _cfg_get(cfg, "encoder.image", "stats")
     if image not in (None, "none") and getattr(get_image_encoder(image), "uses_patches", True):
-        lib = next(iter(adata.uns.get("spatial", {}) or {}), None)
-        if lib is None or not adata.uns["spatial"][lib].get("images"):
+        if not slide_images(adata):
             log.warning("the data has no H&E image: training on genes only (encoder.image=none)")
             image = None
     cache_dir = _cfg_get(cfg, "cache_dir")
