@@ -108,3 +108,11 @@ class TokenBlock(nn.Module):
 def check_heads(width: int, n_heads: int, name: str) -> None:
     if width % n_heads:
         raise ValueError(f"fusion {name}: width={width} must be divisible by n_heads={n_heads}.")
+
+
+def check_neighborhood(name: str, neighborhood: dict) -> None:
+    """A graph fusion's neighbourhood must carry (N, k, 2) offsets beside the features."""
+    offsets = neighborhood.get("offsets")
+    if offsets is None or offsets.ndim != 3 or offsets.shape[-1] != 2:
+        shape = None if offsets is None else tuple(offsets.shape)
+        raise ValueError(f"{name} expects neighborhood['offsets'] of shape (N, k, 2); got {shape}.")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import ModalitySum
+from ._layers import ModalitySum, check_neighborhood
 from ._registry import register_fusion
 
 
@@ -41,9 +41,8 @@ class GraphAttentionFusion(nn.Module):
         return self.norm(self.enc(feats))
 
     def forward(self, features: dict[str, torch.Tensor], coords: torch.Tensor, neighborhood: dict[str, torch.Tensor]) -> torch.Tensor:
+        check_neighborhood("gnn", neighborhood)
         offsets = neighborhood["offsets"]
-        if offsets.ndim != 3 or offsets.shape[-1] != 2:
-            raise ValueError(f"gnn expects neighborhood['offsets'] of shape (N, k, 2); got {tuple(offsets.shape)}.")
         b, k = offsets.shape[:2]
         h_self = self._fuse(features)  # (B, W)
         h_nbr = self._fuse({m: neighborhood[m] for m in self.names})  # (B, k, W)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import ModalitySum
+from ._layers import ModalitySum, check_neighborhood
 from ._registry import register_fusion
 
 
@@ -55,8 +55,7 @@ class GraphGatedMoEFusion(nn.Module):
         return self.norm(torch.cat([h, hn], -1))
 
     def forward(self, features: dict[str, torch.Tensor], coords: torch.Tensor, neighborhood: dict[str, torch.Tensor]) -> torch.Tensor:
-        if neighborhood["offsets"].ndim != 3 or neighborhood["offsets"].shape[-1] != 2:
-            raise ValueError(f"graph_moe expects neighborhood['offsets'] of shape (N, k, 2); got {tuple(neighborhood['offsets'].shape)}.")
+        check_neighborhood("graph_moe", neighborhood)
         x = self._context(features, neighborhood)
         gates = torch.softmax(self.gate(x), -1)
         self._last_gates = gates

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._layers import ModalitySum
+from ._layers import ModalitySum, check_neighborhood
 from ._registry import register_fusion
 
 
@@ -74,8 +74,7 @@ class STAIGFusion(nn.Module):
         return self.gnn(torch.cat([h, agg], -1))
 
     def forward(self, features: dict[str, torch.Tensor], coords: torch.Tensor, neighborhood: dict[str, torch.Tensor]) -> torch.Tensor:
-        if neighborhood["offsets"].ndim != 3 or neighborhood["offsets"].shape[-1] != 2:
-            raise ValueError(f"staig expects neighborhood['offsets'] of shape (N, k, 2); got {tuple(neighborhood['offsets'].shape)}.")
+        check_neighborhood("staig", neighborhood)
         return self._encode(features, neighborhood)
 
     # ------------------------------------------------------------------ per-slice, label-free
