@@ -4,6 +4,9 @@ Usage::
 
     mihd train [override ...]       e.g. mihd train fusion=concat seed=1 trainer.max_epochs=50
     mihd train --cfg                print the composed config and exit
+    mihd evaluate [override ...]    every fusion x slice x seed of a plan, then a report;
+                                    e.g. mihd evaluate 'slices=[dlpfc:151673,dlpfc:151674]' workers=2
+    mihd evaluate --plan            check the plan and print it, run nothing
     mihd fusions                    list registered fusions and whether they need coordinates
 
 Configs come from the ``configs/`` folder shipped inside the package (or the
@@ -16,58 +19,12 @@ import logging
 import os
 import sys
 import warnings
-import time
-from pathlib import Path
+
+from ._config import compose, config_dir  # noqa: F401  (public: tests and benchmarks compose configs)
 
 log = logging.getLogger("mihd")
 
 USAGE = __doc__
-
-
-def config_dir() -> Path:
-    """The Hydra config root: inside the installed package, else the source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parent / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"mihd's configs/ folder was not found next to {here}; reinstall the package.")
-
-
-def _rewrite_fusion_override(overrides: list[str], cdir: Path) -> list[str]:
-    """``fusion=<name>`` for a registered fusion that ships no YAML becomes ``fusion.name=<name>``.
-
-    Adding a fusion is one Python file; its config file is optional.
-    """
-    from .fusion import fusion_info
-
-    out = []
-    for o in overrides:
-        if o.startswith("fusion="):
-            name = o.split("=", 1)[1]
-            fusion_info(name)  # unknown -> KeyError listing the registered fusions
-            if not (cdir / "fusion" / f"{name}.yaml").is_file():
-                out += [f"fusion.name={name}", "fusion.options={}"]
-                continue
-        out.append(o)
-    return out
-
-
-def compose(task: str, overrides: list[str] | None = None):
-    """Compose the ``task`` config (``train``) with command-line style overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf, open_dict
-
-    cdir = config_dir()
-    overrides = _rewrite_fusion_override(list(overrides or []), cdir)
-    with initialize_config_dir(config_dir=str(cdir), version_base="1.3", job_name=f"mihd_{task}"):
-        cfg = hydra_compose(config_name=task, overrides=overrides)
-    if task == "train" and cfg.get("run_dir") is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        with open_dict(cfg):
-            cfg.run_dir = f"outputs/{cfg.data.name}/{cfg.fusion.name}/seed{cfg.seed}-{stamp}"
-    OmegaConf.resolve(cfg)
-    return cfg
 
 
 def _cmd_train(args: list[str]) -> int:
@@ -86,6 +43,33 @@ def _cmd_train(args: list[str]) -> int:
     return 0
 
 
+def _cmd_evaluate(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from .evaluate import evaluate, split_overrides
+
+    plan_only = "--plan" in args or "--dry-run" in args
+    args = [a for a in args if a not in ("--plan", "--dry-run")]
+    eval_args, train_args = split_overrides(args)
+    cfg = compose("evaluate", eval_args)
+    if "--cfg" in train_args:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    result = evaluate(cfg, train_args, plan_only=plan_only, command=" ".join(["mihd", "evaluate", *sys.argv[2:]]))
+    if plan_only:
+        print(result.table())
+        return 0
+    ok = result.table[result.table["status"] == "ok"]
+    print(f"{len(ok)} of {len(result.table)} runs finished; results in {result.plan.out_dir}:")
+    for name, path in result.files.items():
+        print(f"  {name:<16}{path}")
+    if result.n_failed:
+        print(f"mihd evaluate: {result.n_failed} run(s) failed; see the summary. Rerun the same command to retry them.",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_fusions(args: list[str]) -> int:
     from .fusion import fusion_info, list_fusions
 
@@ -96,7 +80,7 @@ def _cmd_fusions(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "fusions": _cmd_fusions}
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "fusions": _cmd_fusions}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,10 +124,10 @@ def test_every_config_in_every_group_composes(group):
 def test_a_fusion_without_yaml_is_selectable(monkeypatch, tmp_path):
     cfg = compose("train", ["fusion=genes_only"])
     assert cfg.fusion.name == "genes_only"
-    import mihd.cli as cli
+    import mihd._config
 
-    monkeypatch.setattr(cli, "config_dir", lambda: _copy_configs_without(tmp_path, "attention"))
-    cfg = cli.compose("train", ["fusion=attention"])
+    monkeypatch.setattr(mihd._config, "config_dir", lambda: _copy_configs_without(tmp_path, "attention"))
+    cfg = mihd._config.compose("train", ["fusion=attention"])
     assert cfg.fusion.name == "attention" and dict(cfg.fusion.options) == {}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._annotation import add_annotation
 from ._example import dlpfc_151673, example_path
-from ._h5ad import read_h5ad, read_slice
+from ._h5ad import inspect_slice, read_h5ad, read_slice
 from ._synthetic import synthetic_slice
 from ._visium import read_visium, write_visium_folder
 
@@ -17,6 +17,7 @@ __all__ = [
     "read_visium",
     "read_h5ad",
     "read_slice",
+    "inspect_slice",
     "add_annotation",
     "synthetic_slice",
     "write_visium_folder",

@@ -10,9 +10,9 @@ import anndata
 from anndata import AnnData
 
 from ._validate import check_spatial
-from ._visium import read_visium
+from ._visium import POSITION_FILES, read_visium
 
-__all__ = ["read_h5ad", "read_slice"]
+__all__ = ["read_h5ad", "read_slice", "inspect_slice"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +89,55 @@ def read_slice(path: str | PathLike, **kwargs) -> AnnData:
         folder = p.parent.parent if p.parent.name == "spatial" else p.parent
         hint = f" For a Visium slice pass the folder that holds it ({folder})."
     raise ValueError(f"Cannot read {p}: expected {accepted}.{hint}")
+
+
+def inspect_slice(path: str | PathLike, *, annotation: str | PathLike | None = None) -> dict:
+    """What a slice offers, found from file names and HDF5 metadata only (no counts read).
+
+    Used to check a whole evaluation plan before anything runs.
+
+    Parameters
+    ----------
+    path
+        A Space Ranger output folder or an ``.h5ad`` file, as for :func:`read_slice`.
+    annotation
+        Optional annotation table; relative paths are taken inside a folder slice.
+
+    Returns
+    -------
+    dict with ``kind`` (``"visium"`` / ``"h5ad"``), ``has_coords``, ``has_image`` and
+    ``problems``: a list of messages naming each missing file or key (empty when the slice
+    can be read).
+    """
+    p = Path(path).expanduser()
+    info = {"path": str(p), "kind": None, "has_coords": False, "has_image": False, "problems": []}
+    problems = info["problems"]
+    if p.is_dir():
+        info["kind"] = "visium"
+        spatial = p / "spatial"
+        if not (p / "filtered_feature_bc_matrix.h5").is_file():
+            problems.append(f"{p} has no filtered_feature_bc_matrix.h5 (the counts of a Space Ranger output folder).")
+        info["has_coords"] = any((spatial / name).is_file() for name in POSITION_FILES.values())
+        if not info["has_coords"]:
+            problems.append(f"{spatial} has none of {sorted(POSITION_FILES.values())} (spot positions).")
+        info["has_image"] = any((spatial / f"tissue_{r}_image.png").is_file() for r in ("lowres", "hires"))
+    elif p.is_file() and p.suffix.lower() == ".h5ad":
+        import h5py
+
+        info["kind"] = "h5ad"
+        try:
+            with h5py.File(p, "r") as f:
+                info["has_coords"] = "obsm" in f and "spatial" in f["obsm"]
+                info["has_image"] = info["has_coords"] and "uns" in f and "spatial" in f["uns"]
+        except OSError as err:
+            problems.append(f"{p} is not a readable .h5ad file ({err}).")
+    elif not p.exists():
+        problems.append(f"{p} does not exist; expected a Space Ranger (Visium) output folder or an .h5ad file.")
+    else:
+        problems.append(f"{p} is neither a Space Ranger output folder nor an .h5ad file.")
+    if annotation is not None and not problems:
+        a = Path(annotation).expanduser()
+        a = a if a.is_absolute() or p.is_file() else p / a
+        if not a.is_file():
+            problems.append(f"annotation {a} does not exist.")
+    return info

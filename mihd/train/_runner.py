@@ -21,7 +21,7 @@ from ..fusion import forward_fusion, fusion_info
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "RunResult", "load_slice", "validate_config"]
+__all__ = ["train", "RunResult", "load_slice", "validate_config", "prepare_slice_inputs", "peak_memory_mib"]
 
 
 @dataclass
@@ -186,6 +186,50 @@ def _standardise(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+
+def prepare_slice_inputs(cfg, adata):
+    """Gene and image features of ``adata`` as the ``encoder`` config asks, from the cache when there.
+
+    Every run of a slice with the same encoder settings shares one preparation (the cache
+    key is the data fingerprint plus every encoder parameter, never the fusion or the seed);
+    ``mihd evaluate`` calls this once per slice and encoder before launching its runs.
+    """
+    from ..encoders import get_image_encoder
+    from ..pp import prepare_inputs, slide_images
+
+    image = _cfg_get(cfg, "encoder.image", "stats")
+    if image not in (None, "none") and getattr(get_image_encoder(image), "uses_patches", True):
+        if not slide_images(adata):
+            log.warning("the data has no H&E image: training on genes only (encoder.image=none)")
+            image = None
+    cache_dir = _cfg_get(cfg, "cache_dir")
+    return prepare_inputs(
+        adata,
+        gene=_cfg_get(cfg, "encoder.gene", "pca"),
+        # The encoder has its own seed (default 0), independent of the run seed, so every
+        # seed of a slice shares one cached preparation.
+        gene_options={"seed": 0, **_to_dict(_cfg_get(cfg, "encoder.gene_options"))},
+        image=image,
+        image_options=_to_dict(_cfg_get(cfg, "encoder.image_options")),
+        patch_context=float(_cfg_get(cfg, "encoder.patch_context", 2.0)),
+        patch_px=int(_cfg_get(cfg, "encoder.patch_px", 16)),
+        cache_dir=os.path.expanduser(str(cache_dir)) if cache_dir else None,
+    )
+
+
+def peak_memory_mib(device=None) -> dict:
+    """Peak resident memory of this process so far (and of the CUDA allocator when used), MiB."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_rss_mib": round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)}
+    if device is not None and getattr(device, "type", None) == "cuda":
+        import torch
+
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
 # --------------------------------------------------------------------------- run
 
 
@@ -264,8 +308,6 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     from ..cluster import cluster_embedding
     from ..graph import knn_indices
     from ..metrics import score_labels
-    from ..encoders import get_image_encoder
-    from ..pp import prepare_inputs, slide_images
     from ..refine import refine_labels
     from ._datamodule import SpotDataModule
     from ._plan import FusionTrainingPlan
@@ -300,24 +342,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
 
     # ---- prepared inputs (cached per slice and encoder parameters)
     t0 = time.perf_counter()
-    image = _cfg_get(cfg, "encoder.image", "stats")
-    if image not in (None, "none") and getattr(get_image_encoder(image), "uses_patches", True):
-        if not slide_images(adata):
-            log.warning("the data has no H&E image: training on genes only (encoder.image=none)")
-            image = None
-    cache_dir = _cfg_get(cfg, "cache_dir")
-    prepared = prepare_inputs(
-        adata,
-        gene=_cfg_get(cfg, "encoder.gene", "pca"),
-        # The encoder has its own seed (default 0), independent of the run seed, so every
-        # seed of a slice shares one cached preparation.
-        gene_options={"seed": 0, **_to_dict(_cfg_get(cfg, "encoder.gene_options"))},
-        image=image,
-        image_options=_to_dict(_cfg_get(cfg, "encoder.image_options")),
-        patch_context=float(_cfg_get(cfg, "encoder.patch_context", 2.0)),
-        patch_px=int(_cfg_get(cfg, "encoder.patch_px", 16)),
-        cache_dir=os.path.expanduser(str(cache_dir)) if cache_dir else None,
-    )
+    prepared = prepare_slice_inputs(cfg, adata)
     prep_seconds = time.perf_counter() - t0
     features = _standardise(prepared.features)
 
@@ -420,6 +445,8 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
             "total": None,
         },
         "training": train_info,
+        # Process peak so far: exact per run when each run is its own process (mihd evaluate).
+        "memory": peak_memory_mib(device),
         "prepared": {k: v for k, v in prepared.meta.items() if k != "params"},
         "modalities": prepared.dims,
         "spatial_smoothing": smooth,

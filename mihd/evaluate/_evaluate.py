@@ -1,0 +1,205 @@
+"""``evaluate(cfg)``: check the whole plan, prepare each slice once, run what is left, report.
+
+Outputs under ``out_dir``::
+
+    plan.json              every planned run (id, key, slice, fusion, encoder, cluster, seed)
+    runs/<run id>/         one train run folder each (spec.json, run.log, metrics.json, ...)
+    results.csv            one row per planned run (and results.parquet when pyarrow is there)
+    summary.md             fusion x slice, mean +- sd ARI / NMI, rank
+    ari_by_method.png      ARI per fusion over slices and seeds
+    domains_<slice>.png    refined domain maps of every fusion on one slice
+
+The table is rebuilt from the run folders (their ``metrics.json`` / ``error.json``) and
+written atomically after every finished run, so it never holds a duplicate row or a
+half-written line, whenever the evaluation is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._io import atomic_write, write_json
+from ._plan import Plan, PlannedRun, build_plan
+
+log = logging.getLogger(__name__)
+
+__all__ = ["evaluate", "EvaluationResult", "results_table", "RESULT_COLUMNS"]
+
+_SCORES = ("ari", "nmi", "ami", "homogeneity", "completeness", "chaos", "pas")
+RESULT_COLUMNS = (
+    ["run_id", "key", "status", "slice", "fusion", "encoder", "cluster", "seed", "n_spots", "n_domains", "device", "epochs"]
+    + [f"{s}_before" for s in _SCORES]
+    + [f"{s}_after" for s in _SCORES]
+    + ["wall_seconds", "train_seconds", "prepare_seconds", "cluster_seconds", "peak_rss_mib", "error", "run_dir"]
+)
+
+
+@dataclass
+class EvaluationResult:
+    """What ``evaluate`` returns: the plan, the results table and the report files."""
+
+    plan: Plan
+    table: object  # pandas.DataFrame
+    files: dict
+    n_failed: int
+
+
+def _row(run: PlannedRun) -> dict:
+    """The results-table row of one planned run, from its folder."""
+    row = {c: math.nan for c in RESULT_COLUMNS}
+    row.update(run.describe())
+    row.update(status="todo", error="", run_dir=str(run.run_dir))
+    metrics_path, error_path = run.run_dir / "metrics.json", run.run_dir / "error.json"
+    if metrics_path.is_file():
+        m = json.loads(metrics_path.read_text())
+        t = m.get("timing_seconds", {})
+        row.update(
+            status="ok", n_spots=m.get("n_spots"), n_domains=m.get("n_domains"), device=m.get("device"),
+            epochs=m.get("training", {}).get("epochs"), wall_seconds=t.get("total"), train_seconds=t.get("train"),
+            prepare_seconds=t.get("prepare"), cluster_seconds=t.get("cluster"),
+            peak_rss_mib=m.get("memory", {}).get("peak_rss_mib"),
+        )
+        for stage, suffix in (("before_refinement", "before"), ("after_refinement", "after")):
+            for s in _SCORES:
+                row[f"{s}_{suffix}"] = m["scores"][stage].get(s, math.nan)
+    elif error_path.is_file():
+        row.update(status="failed", error=json.loads(error_path.read_text()).get("error", ""))
+    return row
+
+
+def results_table(plan: Plan, rows: dict | None = None):
+    """One row per planned run, in plan order (``status`` ok / failed / todo)."""
+    import pandas as pd
+
+    rows = rows if rows is not None else {r.run_id: _row(r) for r in plan.runs}
+    return pd.DataFrame([rows[r.run_id] for r in plan.runs], columns=list(RESULT_COLUMNS))
+
+
+def _write_table(table, out_dir: Path) -> dict:
+    files = {"results_csv": atomic_write(out_dir / "results.csv", lambda tmp: table.to_csv(tmp, index=False))}
+    try:
+        import pyarrow  # noqa: F401
+
+        files["results_parquet"] = atomic_write(out_dir / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    except ImportError:
+        pass
+    return files
+
+
+def _prepare_once(runs: list[PlannedRun]) -> None:
+    """Compute gene + image features once per (slice, encoder settings), before runs start.
+
+    The runs then all load them from the cache instead of racing to compute them.
+    """
+    from ..train import load_slice, prepare_slice_inputs
+
+    groups: dict[str, PlannedRun] = {}
+    for run in runs:
+        c = run.config
+        ident = json.dumps([c["data"], c["encoder"], c.get("cache_dir")], sort_keys=True, default=str)
+        groups.setdefault(ident, run)
+    for run in groups.values():
+        t0 = time.perf_counter()
+        adata = load_slice(run.config["data"])
+        prepared = prepare_slice_inputs(run.config, adata)
+        state = "cached" if prepared.meta.get("cache_hit") else f"computed in {time.perf_counter() - t0:.1f} s"
+        log.info("features of slice %s, encoder %s: %s", run.slice, run.encoder, state)
+        del adata, prepared
+
+
+def evaluate(cfg, train_overrides: list[str] = (), *, plan_only: bool = False, progress: bool = True,
+             command: str | None = None) -> EvaluationResult | Plan:
+    """Run (or, with ``plan_only``, just check and return) the evaluation an ``evaluate`` config describes.
+
+    Parameters
+    ----------
+    cfg
+        The composed ``evaluate`` config (``configs/evaluate.yaml``).
+    train_overrides
+        Train options applied to every run (e.g. ``["trainer=fast"]``).
+    plan_only
+        Check and expand the plan, write nothing, return the `Plan`.
+    progress
+        One progress bar over the runs, with ETA.
+    command
+        The command line, recorded in the summary.
+
+    Returns
+    -------
+    EvaluationResult (the plan, the results table, the report files, the number of failed
+    runs), or the `Plan` when ``plan_only``.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    from ._launch import launch
+    from ._report import write_report
+    from ._worker import write_spec
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    launcher = dict(cfg.get("launcher") or {"name": "local"})
+    from ._launch import LAUNCHERS
+
+    if launcher.get("name", "local") not in LAUNCHERS:
+        raise ValueError(f"launcher={launcher.get('name')!r} is unknown; use one of {', '.join(LAUNCHERS)}.")
+    plan = build_plan(cfg, list(train_overrides))  # raises PlanError before anything runs
+    if plan_only:
+        return plan
+
+    out_dir = plan.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "plan.json", {"evaluate": cfg, "train_overrides": list(train_overrides),
+                                       "runs": [r.describe() for r in plan.runs]})
+    retry = bool(cfg.get("retry_failed", True))
+    todo = [r for r in plan.runs if r.status() == "todo" or (retry and r.status() == "failed")]
+    rows = {r.run_id: _row(r) for r in plan.runs}
+    n_done = sum(row["status"] == "ok" for row in rows.values())
+    log.info("%d planned runs: %d finished earlier, %d to run (%s launcher)", len(plan.runs), n_done, len(todo),
+             launcher.get("name", "local"))
+    files = _write_table(results_table(plan, rows), out_dir)
+
+    if todo:
+        _prepare_once(todo)
+        for run in todo:
+            write_spec(run)
+        bar = _progress_bar(len(plan.runs), n_done, progress)
+
+        def on_done(run: PlannedRun, outcome: dict) -> None:
+            rows[run.run_id] = row = _row(run)
+            if row["status"] != "ok" and outcome.get("error") and not row["error"]:
+                row.update(status="failed", error=outcome["error"])
+            _write_table(results_table(plan, rows), out_dir)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{run.fusion} seed {run.seed}: " + (
+                    f"ARI {row['ari_after']:.3f}" if row["status"] == "ok" else row["status"]))
+            if row["status"] != "ok":
+                log.warning("run %s failed: %s", run.run_id, row["error"])
+
+        try:
+            launch(todo, launcher, on_done, out_dir=out_dir)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    table = results_table(plan, rows)
+    # A run whose outcome never reached us (e.g. a lost SLURM job) is still "todo": say so.
+    table.loc[table["status"] == "todo", "status"] = "failed"
+    table.loc[(table["status"] == "failed") & (table["error"] == ""), "error"] = "did not finish"
+    files.update(_write_table(table, out_dir))
+    files.update(write_report(table, out_dir, plot_slice=cfg.get("plot_slice"), command=command))
+    n_failed = int((table["status"] == "failed").sum())
+    return EvaluationResult(plan, table, files, n_failed)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="run", desc="mihd evaluate", dynamic_ncols=True)

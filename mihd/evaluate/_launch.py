@@ -1,0 +1,161 @@
+"""Launchers: where the runs of a plan execute (``launcher=local | joblib | slurm``).
+
+Each takes the runs still to do, each with its ``spec.json`` written, and calls
+``on_done(run, outcome)`` as runs finish, in the parent process. All of them are
+safe to kill at any moment: a run is finished only once its ``metrics.json`` exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["launch", "LAUNCHERS", "threads_per_worker"]
+
+OnDone = Callable[[object, dict], None]
+
+
+def threads_per_worker(launcher: dict) -> int:
+    """Torch / BLAS threads per run: ``auto`` shares the CPU cores among the workers."""
+    value = launcher.get("threads_per_worker", "auto")
+    if value in (None, "auto"):
+        if launcher.get("name") == "slurm":
+            return max(1, int(launcher.get("cpus_per_task") or 1))
+        return max(1, (os.cpu_count() or 1) // max(1, int(launcher.get("workers", 1))))
+    return max(1, int(value))
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the run process gets SIGKILL when mihd evaluate dies, so no orphan keeps computing."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _launch_local(runs, launcher: dict, on_done: OnDone) -> None:
+    """Each run is a fresh ``python -m mihd.evaluate._worker`` process, ``workers`` at a time.
+
+    Processes are started from this (main) thread, so the death signal set in the child
+    follows the evaluation itself; each run's output goes to ``<run_dir>/run.log``.
+    """
+    workers = max(1, int(launcher.get("workers", 1)))
+    threads = threads_per_worker(launcher)
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    queue, running = deque(runs), {}
+    linux = sys.platform.startswith("linux")
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                run = queue.popleft()
+                run.run_dir.mkdir(parents=True, exist_ok=True)
+                logfile = open(run.run_dir / "run.log", "ab")
+                cmd = [sys.executable, "-m", "mihd.evaluate._worker", str(run.run_dir / "spec.json"),
+                       "--threads", str(threads), "--parent-pid", str(os.getpid())]
+                proc = subprocess.Popen(
+                    cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                    preexec_fn=_die_with_parent if linux else None,
+                )
+                running[proc] = (run, logfile)
+            time.sleep(0.1)
+            for proc in [p for p in running if p.poll() is not None]:
+                run, logfile = running.pop(proc)
+                logfile.close()
+                outcome = {"status": "done" if proc.returncode == 0 else "failed", "returncode": proc.returncode}
+                if proc.returncode != 0 and not (run.run_dir / "error.json").exists():
+                    # Killed (e.g. out of memory) before it could record its own error.
+                    outcome["error"] = f"the run process exited with code {proc.returncode}; see {run.run_dir / 'run.log'}"
+                on_done(run, outcome)
+    finally:
+        for proc, (run, logfile) in running.items():
+            proc.kill()
+            proc.wait()
+            logfile.close()
+
+
+def _launch_joblib(runs, launcher: dict, on_done: OnDone) -> None:
+    """joblib's loky process pool (workers are reused between runs)."""
+    from joblib import Parallel, delayed, parallel_config
+
+    from ._worker import run_one
+
+    workers = max(1, int(launcher.get("workers", 1)))
+    threads = threads_per_worker(launcher)
+    by_id = {r.run_id: r for r in runs}
+    with parallel_config(backend="loky", inner_max_num_threads=threads):
+        results = Parallel(n_jobs=workers, return_as="generator_unordered")(
+            delayed(run_one)(str(r.run_dir / "spec.json"), threads) for r in runs
+        )
+        for out in results:
+            on_done(by_id[out["run_id"]], out)
+
+
+def _launch_slurm(runs, launcher: dict, on_done: OnDone, *, out_dir: Path) -> None:
+    """One job per run through submitit, submitted as an array (``cluster: local`` for a dry run)."""
+    try:
+        import submitit
+    except ImportError:
+        raise ImportError(
+            "launcher=slurm needs submitit: pip install 'mihd[slurm]' (or pip install submitit)."
+        ) from None
+    from ._worker import run_one
+
+    cluster = launcher.get("cluster", "slurm")
+    executor = submitit.AutoExecutor(folder=str(out_dir / "submitit" / "%j"), cluster=cluster)
+    params = {
+        "timeout_min": int(launcher.get("timeout_min", 60)),
+        "cpus_per_task": int(launcher.get("cpus_per_task", 4)),
+        "mem_gb": launcher.get("mem_gb"),
+        "gpus_per_node": int(launcher.get("gpus_per_node", 0)),
+        "name": "mihd-evaluate",
+    }
+    if cluster == "slurm":
+        params["slurm_array_parallelism"] = int(launcher.get("workers", 16))
+        if launcher.get("partition"):
+            params["slurm_partition"] = launcher["partition"]
+        if launcher.get("additional_parameters"):
+            params["slurm_additional_parameters"] = dict(launcher["additional_parameters"])
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    threads = threads_per_worker(launcher)
+    jobs = executor.map_array(run_one, [str(r.run_dir / "spec.json") for r in runs], [threads] * len(runs))
+    log.info("submitted %d runs (%s job ids %s..%s)", len(jobs), cluster, jobs[0].job_id, jobs[-1].job_id)
+    pending = dict(zip(jobs, runs))
+    while pending:
+        time.sleep(0.5)
+        for job in [j for j in pending if j.done()]:
+            run = pending.pop(job)
+            try:
+                out = job.result()
+            except Exception as err:  # the job itself died (timeout, node failure, cancelled)
+                out = {"status": "failed", "error": f"{cluster} job {job.job_id}: {type(err).__name__}: {err}"}
+            on_done(run, out)
+
+
+LAUNCHERS = {"local": _launch_local, "joblib": _launch_joblib, "slurm": _launch_slurm}
+
+
+def launch(runs, launcher: dict, on_done: OnDone, *, out_dir: Path) -> None:
+    """Run ``runs`` with the launcher config ``launcher`` (its ``name`` picks the launcher)."""
+    name = launcher.get("name", "local")
+    if name not in LAUNCHERS:
+        raise ValueError(f"launcher={name!r} is unknown; use one of {', '.join(LAUNCHERS)}.")
+    if not runs:
+        return
+    if name == "slurm":
+        _launch_slurm(runs, launcher, on_done, out_dir=out_dir)
+    else:
+        LAUNCHERS[name](runs, launcher, on_done)

@@ -1,0 +1,271 @@
+"""The evaluation plan: expand slices x encoders x clusterings x seeds x fusions into runs,
+and check every run before any starts.
+
+Each planned run is a complete, resolved ``train`` config. Its key is a hash of that
+config (minus where outputs and caches go), so a rerun recognises finished runs, and a
+changed option makes a new run instead of silently reusing an old one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PlannedRun", "Plan", "PlanError", "build_plan", "config_key", "split_overrides", "EVALUATE_KEYS"]
+
+# Top-level keys of configs/evaluate.yaml; any other `key=value` argument is a train option
+# applied to every run.
+EVALUATE_KEYS = frozenset(
+    {"slices", "fusions", "encoders", "clusters", "seeds", "overrides", "out_dir", "cache_dir", "plot_slice",
+     "retry_failed", "launcher"}
+)
+# Options that say where things go, not what is computed: not part of a run's identity.
+_VOLATILE = ("run_dir", "overwrite", "cache_dir", "trainer.progress_bar")
+
+
+class PlanError(ValueError):
+    """The plan cannot run; ``problems`` lists every reason, each naming the slice / fusion / option."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(dict.fromkeys(problems))  # de-duplicated, in order
+        n = len(self.problems)
+        super().__init__(
+            f"the evaluation plan has {n} problem{'s' * (n != 1)}; nothing was run:\n"
+            + "\n".join(f"  - {p}" for p in self.problems)
+        )
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the plan: a resolved train config and where its outputs go."""
+
+    run_id: str
+    key: str
+    slice: str
+    fusion: str
+    encoder: str
+    cluster: str
+    seed: int
+    config: dict = field(repr=False, compare=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config["run_dir"])
+
+    def status(self) -> str:
+        """``done`` (metrics.json written), ``failed`` (error.json, no metrics) or ``todo``."""
+        if (self.run_dir / "metrics.json").is_file():
+            return "done"
+        if (self.run_dir / "error.json").is_file():
+            return "failed"
+        return "todo"
+
+    def describe(self) -> dict:
+        return {k: getattr(self, k) for k in ("run_id", "key", "slice", "fusion", "encoder", "cluster", "seed")}
+
+
+@dataclass
+class Plan:
+    """Every run of an evaluation, in execution order, plus what was found about each slice."""
+
+    runs: list[PlannedRun]
+    out_dir: Path
+    slices: dict[str, dict]
+
+    def table(self) -> str:
+        """A fixed-width listing of the runs and their status (for ``mihd evaluate --plan``)."""
+        head = f"{'#':>4}  {'slice':<16}{'fusion':<18}{'encoder':<12}{'cluster':<10}{'seed':>5}  {'key':<14}status"
+        lines = [head]
+        for i, r in enumerate(self.runs, 1):
+            lines.append(
+                f"{i:>4}  {r.slice:<16}{r.fusion:<18}{r.encoder:<12}{r.cluster:<10}{r.seed:>5}  {r.key:<14}{r.status()}"
+            )
+        counts = {s: sum(r.status() == s for r in self.runs) for s in ("done", "failed", "todo")}
+        lines.append(
+            f"{len(self.runs)} runs: {counts['done']} done, {counts['failed']} failed, {counts['todo']} to run; "
+            f"outputs in {self.out_dir}"
+        )
+        return "\n".join(lines)
+
+
+def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    """Split command-line overrides into evaluate options and train options for every run."""
+    evaluate, train = [], []
+    for a in args:
+        if a.startswith("workers="):  # shortcut for launcher.workers
+            a = "launcher." + a
+        key = a.split("=", 1)[0].lstrip("+~").split(".", 1)[0].split("@", 1)[0]
+        (evaluate if key in EVALUATE_KEYS else train).append(a)
+    return evaluate, train
+
+
+def config_key(config: dict) -> str:
+    """Hash of a resolved train config, ignoring where outputs and caches go."""
+    cfg = copy.deepcopy(config)
+    for dotted in _VOLATILE:
+        node = cfg
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", str(text)).strip("-") or "x"
+
+
+def _as_list(value, what: str, problems: list[str]) -> list:
+    if value is None:
+        problems.append(f"{what} is empty; give a list, e.g. {what}=[...].")
+        return []
+    if isinstance(value, (str, int)):
+        return [value]
+    return list(value)
+
+
+def _slice_overrides(entry) -> list[str]:
+    """``name`` -> data=name; ``dataset:slice`` -> data=dataset data.slice=slice;
+    a mapping -> data=<its data key> plus data.<k>=<v> for the rest."""
+    if isinstance(entry, dict):
+        entry = dict(entry)
+        out = [f"data={entry.pop('data', 'visium')}"]
+        return out + [f"data.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in entry.items()]
+    text = str(entry)
+    if ":" in text:
+        dataset, slice_id = text.split(":", 1)
+        return [f"data={dataset}", f"data.slice='{slice_id}'"]
+    return [f"data={text}"]
+
+
+def _train_overrides(eval_cfg, extra: list[str]) -> list[str]:
+    listed = [str(o) for o in (eval_cfg.get("overrides") or [])]
+    bad = [o for o in listed + list(extra) if o.split("=", 1)[0].lstrip("+~") in ("run_dir", "overwrite")]
+    if bad:
+        raise PlanError([f"{bad[0]!r}: mihd evaluate chooses each run's folder under out_dir; set out_dir instead."])
+    return listed + list(extra)
+
+
+def build_plan(eval_cfg, train_overrides: list[str] = ()) -> Plan:
+    """Expand and check the plan of an ``evaluate`` config; raise `PlanError` listing every problem.
+
+    Parameters
+    ----------
+    eval_cfg
+        The composed ``evaluate`` config (``configs/evaluate.yaml``).
+    train_overrides
+        Train options (``key=value``) applied to every run, after ``eval_cfg.overrides``.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    from .._config import compose
+    from .. import NEEDS_COORDS_FUSIONS  # the registry's one answer, derived from forward signatures
+    from ..fusion import list_fusions
+    from ..train import validate_config
+
+    if isinstance(eval_cfg, DictConfig):
+        eval_cfg = OmegaConf.to_container(eval_cfg, resolve=True)
+    problems: list[str] = []
+    base = _train_overrides(eval_cfg, list(train_overrides))
+    out_dir = Path(str(eval_cfg.get("out_dir") or "evaluations/default")).expanduser()
+    cache_dir = eval_cfg.get("cache_dir") or str(out_dir / "cache")
+
+    fusions = eval_cfg.get("fusions", "all")
+    if fusions in ("all", None):
+        fusions = list_fusions()
+    fusions = _as_list(fusions, "fusions", problems)
+    registered = list_fusions()
+    for f in fusions:
+        if f not in registered:
+            problems.append(f"fusions: {f!r} is not a registered fusion; registered: {', '.join(registered)}.")
+    fusions = [f for f in dict.fromkeys(map(str, fusions)) if f in registered]
+    encoders = [str(e) for e in _as_list(eval_cfg.get("encoders"), "encoders", problems)]
+    clusters = [str(c) for c in _as_list(eval_cfg.get("clusters"), "clusters", problems)]
+    seeds = []
+    for s in _as_list(eval_cfg.get("seeds"), "seeds", problems):
+        try:
+            seeds.append(int(s))
+        except (TypeError, ValueError):
+            problems.append(f"seeds: {s!r} is not a whole number.")
+    slice_entries = _as_list(eval_cfg.get("slices"), "slices", problems)
+
+    runs: list[PlannedRun] = []
+    slices: dict[str, dict] = {}
+    seen: set[str] = set()
+    for entry in slice_entries:
+        slice_ovr = _slice_overrides(entry)
+        for encoder in encoders:
+            for cluster in clusters:
+                composed = {}
+                where = f"slice {entry!r}, encoder {encoder!r}, cluster {cluster!r}"
+                for fusion in fusions:
+                    try:
+                        cfg = compose(
+                            "train",
+                            [*slice_ovr, f"encoder={encoder}", f"cluster={cluster}", f"fusion={fusion}", *base,
+                             "trainer.progress_bar=false"],
+                            stamp_run_dir=False,
+                        )
+                    except Exception as err:  # Hydra / OmegaConf: a config name or override is wrong
+                        problems.append(f"{where}: {_one_line(err)}")
+                        break  # the same for every fusion: say it once
+                    try:
+                        validate_config(cfg)
+                    except Exception as err:  # our own option checks, naming the option
+                        problems.append(f"{where}, fusion {fusion!r}: {_one_line(err)}")
+                        continue
+                    composed[fusion] = OmegaConf.to_container(cfg, resolve=True)
+                    composed[fusion]["cache_dir"] = str(cache_dir)
+                if not composed:
+                    continue
+                data_cfg = next(iter(composed.values()))["data"]
+                name = str(data_cfg.get("name") or entry)
+                info = slices.get(name) or _inspect(data_cfg)
+                slices[name] = info
+                problems += [f"slice {name!r}: {p}" for p in info["problems"]]
+                for fusion, cfg in composed.items():
+                    if fusion in NEEDS_COORDS_FUSIONS and not info["has_coords"]:
+                        problems.append(
+                            f"slice {name!r} ({info['path']}) has no spatial coordinates (obsm['spatial']), but fusion "
+                            f"{fusion!r} needs them; drop it from fusions or use a slice with coordinates "
+                            f"(fusions that need coordinates: {', '.join(sorted(NEEDS_COORDS_FUSIONS))})."
+                        )
+                # Seeds vary fastest after fusions: an interrupted plan has whole seeds done.
+                for seed in seeds:
+                    for fusion, cfg in composed.items():
+                        run_cfg = copy.deepcopy(cfg)
+                        run_cfg["seed"] = seed
+                        key = config_key(run_cfg)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        run_id = "__".join(_slug(x) for x in (name, fusion, encoder, cluster, f"seed{seed}", key[:8]))
+                        run_cfg["run_dir"] = str(out_dir / "runs" / run_id)
+                        run_cfg["overwrite"] = False
+                        runs.append(PlannedRun(run_id, key, name, fusion, encoder, cluster, seed, run_cfg))
+    if not runs and not problems:
+        problems.append("the plan is empty: no slice, fusion, encoder, cluster or seed was given.")
+    if problems:
+        raise PlanError(problems)
+    return Plan(runs, out_dir, slices)
+
+
+def _inspect(data_cfg: dict) -> dict:
+    from ..data import inspect_slice
+
+    if data_cfg.get("path") is None:  # the bundled example
+        return {"path": "bundled example", "kind": "visium", "has_coords": True, "has_image": True, "problems": []}
+    return inspect_slice(data_cfg["path"], annotation=data_cfg.get("annotation"))
+
+
+def _one_line(err: Exception) -> str:
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(str(msg).split(" Config search path")[0].split())

@@ -1,0 +1,399 @@
+"""Report of an evaluation: a Markdown summary, an ARI box plot and spatial domain maps.
+
+The input is the tidy results table of an evaluation, one row per planned run
+(``status`` ``"ok"`` or ``"failed"``). Statistics use the ok runs only; failed runs are
+listed with the first line of their error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+
+from .._io import atomic_write, write_text
+from ..metrics import annotated_mask
+
+__all__ = ["match_labels", "plot_ari", "plot_domain_grid", "summary_markdown", "write_report"]
+
+log = logging.getLogger(__name__)
+
+_MISSING = "–"
+_TABLE_COLUMNS = ("run_id", "status", "slice", "fusion", "encoder", "cluster", "seed", "ari_after")
+_SUMMARY_COLUMNS = _TABLE_COLUMNS + ("nmi_after", "ari_before", "wall_seconds", "peak_rss_mib", "error")
+
+
+# --------------------------------------------------------------------------- table statistics
+
+
+def _check_columns(table: pd.DataFrame, columns) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise KeyError(
+            f"The results table has no column(s) {missing}; it needs {list(columns)} "
+            f"(one row per planned run, as written by the evaluation)."
+        )
+
+
+def _methods(table: pd.DataFrame) -> pd.Series:
+    """Method name per row: the fusion alone when encoder and cluster are the same everywhere."""
+    if table["encoder"].nunique() <= 1 and table["cluster"].nunique() <= 1:
+        return table["fusion"].astype(str)
+    return table["fusion"].astype(str) + " / " + table["encoder"].astype(str) + " / " + table["cluster"].astype(str)
+
+
+def _ok_runs(table: pd.DataFrame) -> pd.DataFrame:
+    return table.assign(method=_methods(table))[lambda t: t["status"] == "ok"]
+
+
+def _ranking(table: pd.DataFrame) -> pd.Series:
+    """Rank per method (1 = highest mean ``ari_after`` over its ok runs; ties share the min rank).
+
+    Ordered by rank, then name; methods without a scored run come last with a NaN rank.
+    """
+    methods = pd.unique(_methods(table))
+    mean = _ok_runs(table).groupby("method")["ari_after"].mean().reindex(methods)
+    # Means of equal scores summed in another order can differ in the last bit.
+    rank = mean.round(12).rank(ascending=False, method="min")
+    order = pd.DataFrame({"rank": rank, "name": rank.index}).sort_values(["rank", "name"], na_position="last")
+    return rank.loc[order.index]
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return _MISSING if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def _mean_sd(values: pd.Series) -> str:
+    values = values.dropna()
+    if len(values) == 0:
+        return _MISSING
+    if len(values) == 1:
+        return _fmt(values.iloc[0])
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    def cell(v) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, frame.columns)) + " |", "|" + "---|" * frame.shape[1]]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def summary_markdown(table: pd.DataFrame, *, title: str = "mihd evaluate", command: str | None = None) -> str:
+    """Markdown summary of an evaluation: one row per method, ranked by mean ARI.
+
+    Parameters
+    ----------
+    table
+        Results table, one row per planned run, with at least the columns ``run_id, status,
+        slice, fusion, encoder, cluster, seed, ari_after, nmi_after, ari_before,
+        wall_seconds, peak_rss_mib, error``. Only rows with ``status == "ok"`` enter the statistics.
+    title
+        First-level heading.
+    command
+        The command that produced the table, shown in a code block.
+
+    Returns
+    -------
+    str
+        Header (counts, slices, seeds), the method table (rank; per slice ARI and NMI after
+        refinement as mean ± sd over seeds; overall median and mean ARI, mean ARI before
+        refinement, mean wall seconds, max peak MiB, number of ok runs), a note on what the
+        scores mean, and a "Failed runs" section when any run failed.
+    """
+    _check_columns(table, _SUMMARY_COLUMNS)
+    ok = _ok_runs(table)
+    failed = table[table["status"] == "failed"]
+    slices = list(pd.unique(table["slice"]))
+    ranking = _ranking(table)
+
+    rows = []
+    for method, rank in ranking.items():
+        runs = ok[ok["method"] == method]
+        row = {"rank": _MISSING if pd.isna(rank) else int(rank), "method": method}
+        for s in slices:
+            row[f"ARI {s}"] = _mean_sd(runs.loc[runs["slice"] == s, "ari_after"])
+            row[f"NMI {s}"] = _mean_sd(runs.loc[runs["slice"] == s, "nmi_after"])
+        row["median ARI"] = _fmt(runs["ari_after"].median())
+        row["mean ARI"] = _fmt(runs["ari_after"].mean())
+        row["ARI before refinement"] = _fmt(runs["ari_before"].mean())
+        row["wall s"] = _fmt(runs["wall_seconds"].mean(), 1)
+        row["peak MiB"] = _fmt(runs["peak_rss_mib"].max(), 0)
+        row["n"] = len(runs)
+        rows.append(row)
+
+    seeds = sorted(pd.unique(table["seed"].dropna()))
+    parts = [f"# {title}", ""]
+    if command:
+        parts += ["```", command, "```", ""]
+    parts += [
+        f"- runs planned: {len(table)} (ok: {len(ok)}, failed: {len(failed)})",
+        f"- slices: {', '.join(map(str, slices))}",
+        f"- seeds: {', '.join(map(str, seeds))}",
+        "",
+        _markdown_table(pd.DataFrame(rows, columns=list(rows[0]) if rows else ["rank", "method"])),
+        "",
+        "ARI and NMI are after spatial refinement; ground-truth labels are used only for scoring; "
+        "the spread (±) is the standard deviation over seeds.",
+    ]
+    if len(failed):
+        errors = [str(e).strip().splitlines()[0] if pd.notna(e) and str(e).strip() else _MISSING for e in failed["error"]]
+        parts += ["", "## Failed runs", "", _markdown_table(pd.DataFrame({"run_id": failed["run_id"], "error": errors}))]
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_png(fig, path: str | os.PathLike) -> Path:
+    plt = _pyplot()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def plot_ari(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Box plot of ``ari_after`` per method (ordered by rank), each run a jittered point coloured by slice.
+
+    Parameters
+    ----------
+    table
+        Results table (see `summary_markdown`); failed runs and NaN scores are skipped.
+    path
+        PNG file to write (atomically).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    _check_columns(table, _TABLE_COLUMNS)
+    plt = _pyplot()
+    ok = _ok_runs(table).dropna(subset=["ari_after"])
+    methods = [m for m in _ranking(table).index if m in set(ok["method"])]
+    slices = list(pd.unique(ok["slice"]))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 * len(methods) + 2.0), 4.0))
+    if methods:
+        ax.boxplot([ok.loc[ok["method"] == m, "ari_after"] for m in methods], showfliers=False, widths=0.5)
+    rng = np.random.default_rng(0)
+    cmap = plt.get_cmap("tab10")
+    for j, s in enumerate(slices):
+        runs = ok[ok["slice"] == s]
+        x = runs["method"].map({m: i + 1 for i, m in enumerate(methods)}) + rng.uniform(-0.15, 0.15, len(runs))
+        ax.scatter(x, runs["ari_after"], s=18, color=cmap(j % 10), label=str(s), zorder=3, alpha=0.85)
+    tilt = len(methods) > 3
+    ax.set_xticks(range(1, len(methods) + 1), methods, rotation=30 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_ylabel("ARI (after refinement)")
+    if slices:
+        ax.legend(title="slice", fontsize=7, title_fontsize=8, frameon=False, loc="best")
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def match_labels(labels, reference) -> np.ndarray:
+    """Rename ``labels`` to the ``reference`` labels they overlap most (Hungarian matching).
+
+    Used so that colours agree between panels of different methods; it never changes
+    which spots share a label.
+
+    Parameters
+    ----------
+    labels
+        One label per spot; missing values stay missing.
+    reference
+        One label per spot, same order; missing values are ignored for the matching.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``object`` array: each label replaced by its matched reference label; labels left
+        unmatched (more labels than in the reference) keep their name, primed (``'``) if it
+        clashes with a reference label.
+    """
+    lab, ref = pd.Categorical(labels), pd.Categorical(reference)
+    if len(lab) != len(ref):
+        raise ValueError(f"labels and reference differ in length: {len(lab)} vs {len(ref)}.")
+    both = (lab.codes >= 0) & (ref.codes >= 0)
+    overlap = np.zeros((len(lab.categories), len(ref.categories)))
+    np.add.at(overlap, (lab.codes[both], ref.codes[both]), 1)
+    rows, cols = linear_sum_assignment(overlap, maximize=True)
+    mapping = dict(zip(lab.categories[rows], ref.categories[cols]))
+    taken = set(ref.categories)
+    for c in lab.categories:
+        if c not in mapping:
+            name = c
+            while name in taken:
+                name = f"{name}'"
+            mapping[c] = name
+            taken.add(name)
+    out = np.full(len(lab), None, dtype=object)
+    out[lab.codes >= 0] = [mapping[c] for c in np.asarray(lab)[lab.codes >= 0]]
+    return out
+
+
+def _read_obs_and_spatial(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """``obs`` and ``obsm["spatial"]`` of an h5ad file, without reading ``X``."""
+    import h5py
+
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem
+    with h5py.File(path, "r") as f:
+        if "obsm/spatial" not in f:
+            raise KeyError(f"{path} has no obsm['spatial']; the domain maps need spot coordinates.")
+        return read_elem(f["obs"]), np.asarray(read_elem(f["obsm/spatial"]))
+
+
+def _domain_panels(table: pd.DataFrame, slice_name, *, seed=None, label_key_suffix: str = "_refined"):
+    """AnnData with one ``obs`` column per panel, the panel keys and titles; None if nothing to draw."""
+    from anndata import AnnData
+
+    _check_columns(table, _TABLE_COLUMNS + ("run_dir",))
+    ok = _ok_runs(table)
+    ok = ok[ok["slice"] == slice_name]
+    if seed is None and len(ok):
+        seed = ok["seed"].min()
+    ok = ok[ok["seed"] == seed].drop_duplicates("method")
+    rank = {m: i for i, m in enumerate(_ranking(table).index)}
+    ok = ok.iloc[np.argsort([rank[m] for m in ok["method"]], kind="stable")]
+
+    obs = keys = titles = None
+    spatial = truth = None
+    for run in ok.itertuples(index=False):
+        path = Path(str(run.run_dir)) / "adata.h5ad"
+        if not path.is_file():
+            log.debug("No %s; run %s is left out of the domain maps.", path, run.run_id)
+            continue
+        run_obs, run_xy = _read_obs_and_spatial(path)
+        column = f"mihd_{run.fusion}{label_key_suffix}"
+        if column not in run_obs:
+            log.warning("%s has no obs[%r]; run %s is left out of the domain maps.", path, column, run.run_id)
+            continue
+        if obs is None:  # the first method fixes the spots, their coordinates and the colours
+            obs, keys, titles, spatial = pd.DataFrame(index=run_obs.index), [], [], run_xy
+            categories = list(pd.Categorical(run_obs[column]).remove_unused_categories().categories)
+        domains = run_obs[column].reindex(obs.index)
+        if keys:
+            domains = match_labels(domains, obs[keys[0]])
+        key = f"panel_{len(keys)}"
+        obs[key] = pd.Series(domains, index=obs.index, dtype=object)
+        keys.append(key)
+        titles.append(f"{run.method}: ARI {_fmt(run.ari_after)}")
+        if truth is None and "ground_truth" in run_obs:
+            truth = run_obs["ground_truth"].reindex(obs.index)
+    if obs is None:
+        return None
+    # One category order for all method panels (the first's, then any extra labels),
+    # so a label has the same colour everywhere.
+    extra = pd.unique(pd.concat([obs[k].dropna() for k in keys]))
+    categories += [c for c in extra if c not in set(categories)]
+    for k in keys:
+        obs[k] = pd.Categorical(obs[k], categories=categories)
+    if truth is not None:
+        truth = truth.astype(object)
+        obs["ground_truth"] = pd.Categorical(truth.where(annotated_mask(truth.to_numpy())))
+        keys.append("ground_truth")
+        titles.append("ground truth")
+    return AnnData(obs=obs, obsm={"spatial": spatial}), keys, titles
+
+
+def plot_domain_grid(
+    table: pd.DataFrame,
+    slice_name,
+    path: str | os.PathLike,
+    *,
+    seed=None,
+    label_key_suffix: str = "_refined",
+) -> Path | None:
+    """Grid of spatial domain maps of one slice and seed, one panel per method plus the ground truth.
+
+    Each ok run's ``run_dir/adata.h5ad`` is read (``obs`` and ``obsm["spatial"]`` only). Spots
+    are aligned on the first method's ``obs_names``; every other method's domains are renamed
+    to best match the first method's (`match_labels`), so colours are comparable. The ground
+    truth is only drawn, never used for the matching.
+
+    Parameters
+    ----------
+    table
+        Results table (see `summary_markdown`) with a ``run_dir`` column.
+    slice_name
+        The ``slice`` to draw.
+    path
+        PNG file to write (atomically).
+    seed
+        The seed to draw; default the smallest seed among the slice's ok runs.
+    label_key_suffix
+        Domains are read from ``obs[f"mihd_{fusion}{label_key_suffix}"]``.
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``path``, or None (with a warning) when no ok run of that slice and seed has an ``adata.h5ad``.
+    """
+    from ..pl import spatial_domains
+
+    panels = _domain_panels(table, slice_name, seed=seed, label_key_suffix=label_key_suffix)
+    if panels is None:
+        log.warning("No ok run of slice %r (seed %s) has an adata.h5ad; no domain maps drawn.", slice_name, seed)
+        return None
+    adata, keys, titles = panels
+    fig = spatial_domains(adata, keys, titles=titles, ncols=min(4, len(keys)))
+    return _save_png(fig, path)
+
+
+def write_report(
+    table: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    plot_slice=None,
+    title: str = "mihd evaluate",
+    command: str | None = None,
+) -> dict[str, Path]:
+    """Write ``summary.md``, ``ari_by_method.png`` and ``domains_<slice>.png`` into ``out_dir``.
+
+    Parameters
+    ----------
+    table
+        Results table (see `summary_markdown`).
+    out_dir
+        Output folder (created if needed); every file is written atomically.
+    plot_slice
+        Slice of the domain maps; default the first slice in the table.
+    title, command
+        Passed to `summary_markdown`.
+
+    Returns
+    -------
+    dict
+        ``"summary"``, ``"ari_plot"`` and, when any run of the slice has an ``adata.h5ad``,
+        ``"domains"``: the paths written.
+    """
+    out_dir = Path(out_dir)
+    paths = {
+        "summary": write_text(out_dir / "summary.md", summary_markdown(table, title=title, command=command)),
+        "ari_plot": plot_ari(table, out_dir / "ari_by_method.png"),
+    }
+    if plot_slice is None and len(table):
+        plot_slice = table["slice"].iloc[0]
+    if plot_slice is not None:
+        domains = plot_domain_grid(table, plot_slice, out_dir / f"domains_{plot_slice}.png")
+        if domains is not None:
+            paths["domains"] = domains
+    return paths
