@@ -91,25 +91,38 @@ def _write_table(table, out_dir: Path) -> dict:
     return files
 
 
-def _prepare_once(runs: list[PlannedRun]) -> None:
+def _prepare_once(runs: list[PlannedRun]) -> list[PlannedRun]:
     """Compute gene + image features once per (slice, encoder settings), before runs start.
 
-    The runs then all load them from the cache instead of racing to compute them.
+    The runs then all load them from the cache instead of racing to compute them. A slice
+    that cannot be read or encoded fails its own runs (``error.json``), not the evaluation;
+    the runs that can go ahead are returned.
     """
     from ..train import load_slice, prepare_slice_inputs
 
-    groups: dict[str, PlannedRun] = {}
+    groups: dict[str, list[PlannedRun]] = {}
     for run in runs:
         c = run.config
         ident = json.dumps([c["data"], c["encoder"], c.get("cache_dir")], sort_keys=True, default=str)
-        groups.setdefault(ident, run)
-    for run in groups.values():
+        groups.setdefault(ident, []).append(run)
+    ready = []
+    for group in groups.values():
+        first = group[0]
         t0 = time.perf_counter()
-        adata = load_slice(run.config["data"])
-        prepared = prepare_slice_inputs(run.config, adata)
+        try:
+            adata = load_slice(first.config["data"])
+            prepared = prepare_slice_inputs(first.config, adata)
+        except Exception as err:  # recorded per run, reported in the summary
+            error = f"preparing slice {first.slice!r} (encoder {first.encoder!r}): {type(err).__name__}: {err}"
+            log.error(error)
+            for run in group:
+                write_json(run.run_dir / "error.json", {"run_id": run.run_id, "key": run.key, "error": error})
+            continue
         state = "cached" if prepared.meta.get("cache_hit") else f"computed in {time.perf_counter() - t0:.1f} s"
-        log.info("features of slice %s, encoder %s: %s", run.slice, run.encoder, state)
+        log.info("features of slice %s, encoder %s: %s", first.slice, first.encoder, state)
         del adata, prepared
+        ready += group
+    return ready
 
 
 def evaluate(cfg, train_overrides: list[str] = (), *, plan_only: bool = False, progress: bool = True,
@@ -164,7 +177,12 @@ def evaluate(cfg, train_overrides: list[str] = (), *, plan_only: bool = False, p
     files = _write_table(results_table(plan, rows), out_dir)
 
     if todo:
-        _prepare_once(todo)
+        ready = {r.run_id for r in _prepare_once(todo)}
+        for run in todo:
+            if run.run_id not in ready:
+                rows[run.run_id] = _row(run)
+        todo = [r for r in todo if r.run_id in ready]
+        _write_table(results_table(plan, rows), out_dir)
         for run in todo:
             write_spec(run)
         bar = _progress_bar(len(plan.runs), n_done, progress)
