@@ -269,3 +269,22 @@ def test_slurm_launcher_through_submitit_local_executor(tmp_path, visium_folder)
     result = evaluate(cfg, train_args, progress=False)
     assert (result.table["status"] == "ok").all() and len(result.table) == 2
     assert (out_dir / "submitit").is_dir()
+
+
+@pytest.mark.parametrize("group", ["launcher", "experiment"])
+def test_every_evaluate_config_composes(group, tmp_path):
+    from mihd._config import config_dir
+
+    options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    assert options
+    for option in options:
+        cfg = compose("evaluate", [f"{group}={option}"])
+        assert cfg.seeds and cfg.slices
+
+
+@needs_dlpfc
+def test_the_dlpfc_pair_experiment_plans_two_slices_with_five_seeds(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIHD_DATA_DIR", str(shared_data_dir()))
+    cfg, train_args = _cfg(["experiment=dlpfc_pair", "fusions=[concat]", f"out_dir={tmp_path}"])
+    plan = build_plan(cfg, train_args)
+    assert [(r.slice, r.seed) for r in plan.runs] == [(s, k) for s in ("dlpfc_151673", "dlpfc_151674") for k in range(5)]

@@ -24,7 +24,7 @@ __all__ = ["PlannedRun", "Plan", "PlanError", "build_plan", "config_key", "split
 # applied to every run.
 EVALUATE_KEYS = frozenset(
     {"slices", "fusions", "encoders", "clusters", "seeds", "overrides", "out_dir", "cache_dir", "plot_slice",
-     "retry_failed", "launcher"}
+     "retry_failed", "launcher", "experiment"}
 )
 # Options that say where things go, not what is computed: not part of a run's identity.
 _VOLATILE = ("run_dir", "overwrite", "cache_dir", "trainer.progress_bar")
@@ -263,7 +263,11 @@ def _inspect(data_cfg: dict) -> dict:
 
     if data_cfg.get("path") is None:  # the bundled example
         return {"path": "bundled example", "kind": "visium", "has_coords": True, "has_image": True, "problems": []}
-    return inspect_slice(data_cfg["path"], annotation=data_cfg.get("annotation"))
+    info = inspect_slice(data_cfg["path"], annotation=data_cfg.get("annotation"))
+    if data_cfg.get("root") and not Path(str(data_cfg["path"])).expanduser().exists():
+        info["problems"] = [p + f" (data.root={data_cfg['root']}; set MIHD_DATA_DIR to the folder that holds it, "
+                            "or data.root=...)" for p in info["problems"]]
+    return info
 
 
 def _one_line(err: Exception) -> str:
