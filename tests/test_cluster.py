@@ -132,3 +132,25 @@ def test_mclust_without_any_backend_says_what_to_install(blobs, monkeypatch):
         cluster_embedding(blobs[0], 5, method="mclust")
     with pytest.raises(ImportError, match="backend='r' needs R"):
         cluster_embedding(blobs[0], 5, method="mclust", backend="r")
+
+
+@pytest.mark.parametrize("method", ["gmm", "kmeans", "leiden"])
+def test_subsample_then_assign_recovers_blobs_and_is_seeded(method):
+    """HD path: fit on a seeded subsample, assign every spot (model prediction or kNN vote)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    X, y = make_blobs(n_samples=3000, n_features=8, centers=5, cluster_std=1.0, random_state=3)
+    labels = cluster_embedding(X, 5, method=method, seed=1, fit_max_samples=400)
+    assert labels.shape == (3000,) and set(np.unique(labels)) == set(range(5))
+    assert adjusted_rand_score(y, labels) > 0.95
+    np.testing.assert_array_equal(labels, cluster_embedding(X, 5, method=method, seed=1, fit_max_samples=400))
+    # Below the threshold nothing changes: fit_max_samples=None gives the same labels as the default.
+    small = X[:500]
+    np.testing.assert_array_equal(
+        cluster_embedding(small, 5, method=method, seed=0), cluster_embedding(small, 5, method=method, seed=0, fit_max_samples=None)
+    )
+
+
+def test_fit_max_samples_must_be_at_least_two(blobs):
+    with pytest.raises(ValueError, match="fit_max_samples"):
+        cluster_embedding(blobs[0], 5, method="gmm", fit_max_samples=1)

@@ -137,8 +137,14 @@ def load_slice(data_cfg):
     annotation = _cfg_get(data_cfg, "annotation")
     key = _cfg_get(data_cfg, "annotation_key", "ground_truth")
     if path is None:
-        if _cfg_get(data_cfg, "example") not in (None, "dlpfc_151673"):
-            raise ValueError(f"data.example={_cfg_get(data_cfg, 'example')!r} is unknown; the bundled example is dlpfc_151673.")
+        example = _cfg_get(data_cfg, "example")
+        if example == "synthetic":
+            return _synthetic(data_cfg)
+        if example not in (None, "dlpfc_151673"):
+            raise ValueError(
+                f"data.example={example!r} is unknown; use dlpfc_151673 (the bundled slice) or synthetic "
+                "(mihd.datasets.synthetic_slice, e.g. data=synthetic data.n_cells=1000000)."
+            )
         return dlpfc_151673()
     path = Path(os.path.expanduser(str(path)))
     if not path.exists():
@@ -157,6 +163,20 @@ def load_slice(data_cfg):
 
         add_annotation(adata, annotation, key=key)
     return adata
+
+
+def _synthetic(data_cfg):
+    """A generated slice: ``data.n_cells`` cells, ``data.n_domains`` domains, ``data.generator`` options."""
+    import inspect
+
+    from ..data import synthetic_slice
+
+    options = _to_dict(_cfg_get(data_cfg, "generator"))
+    accepted = set(inspect.signature(synthetic_slice).parameters) - {"n_spots", "n_domains"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"data.generator has unknown option(s) {unknown}; synthetic_slice accepts: {', '.join(sorted(accepted))}.")
+    return synthetic_slice(int(_cfg_get(data_cfg, "n_cells", 10000)), n_domains=int(_cfg_get(data_cfg, "n_domains")), **options)
 
 
 def _neighbourhood_mean(x: np.ndarray, neighbors: np.ndarray) -> np.ndarray:
