@@ -1,5 +1,7 @@
 """Readers, the bundled example slice and a synthetic slice generator.
 
+Readers for 10x Visium, Visium HD (one bin size) and Xenium (one cell per
+observation) outputs and ``.h5ad``; :func:`read_slice` picks one from the path.
 Every reader returns AnnData in scanpy / squidpy conventions: raw counts in ``X``,
 ``obsm["spatial"]`` as ``(x, y)`` full-resolution pixels, and images with their
 scale factors under ``uns["spatial"][library_id]``.
@@ -12,15 +14,21 @@ from ._example import dlpfc_151673, example_path
 from ._h5ad import inspect_slice, read_h5ad, read_slice
 from ._synthetic import synthetic_slice
 from ._visium import read_visium, write_visium_folder
+from ._visium_hd import read_visium_hd, write_visium_hd_folder
+from ._xenium import read_xenium, write_xenium_folder
 
 __all__ = [
     "read_visium",
+    "read_visium_hd",
+    "read_xenium",
     "read_h5ad",
     "read_slice",
     "inspect_slice",
     "add_annotation",
     "synthetic_slice",
     "write_visium_folder",
+    "write_visium_hd_folder",
+    "write_xenium_folder",
     "example_path",
     "dlpfc_151673",
 ]

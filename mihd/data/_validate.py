@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def check_spatial(coords, *, source: str) -> np.ndarray:
     return arr
 
 
-def resolve_path(path: str | PathLike, *, base: Path, what: str) -> Path:
+def resolve_path(path: str | PathLike, *, base: Path | Sequence[Path], what: str) -> Path:
     """Resolve a user-given file path, trying ``base`` first for relative paths.
 
     Parameters
@@ -48,7 +49,8 @@ def resolve_path(path: str | PathLike, *, base: Path, what: str) -> Path:
     path
         Absolute path, or a path relative to ``base`` or to the working directory.
     base
-        Folder against which relative paths are tried first (e.g. the Visium folder).
+        Folder (or folders, in order) against which relative paths are tried first
+        (e.g. the Visium folder).
     what
         What the file is, for the error message (``"annotation table"``).
 
@@ -58,7 +60,8 @@ def resolve_path(path: str | PathLike, *, base: Path, what: str) -> Path:
         Naming every location tried.
     """
     p = Path(path).expanduser()
-    tried = [p] if p.is_absolute() else [base / p, Path.cwd() / p]
+    bases = [base] if isinstance(base, (str, PathLike)) else list(base)
+    tried = [p] if p.is_absolute() else [Path(b) / p for b in bases] + [Path.cwd() / p]
     for candidate in tried:
         if candidate.is_file():
             return candidate.resolve()

@@ -153,8 +153,12 @@ def _decode(arr: np.ndarray) -> np.ndarray:
     return arr.astype(str).astype(object)
 
 
-def _read_10x_h5(path: Path) -> tuple[AnnData, dict[str, str]]:
-    """Counts from a 10x HDF5 file, v3 (``matrix/features``) or legacy v2 (one group per genome)."""
+def _read_10x_h5(path: Path, *, gex_only: bool = True) -> tuple[AnnData, dict[str, str]]:
+    """Counts from a 10x HDF5 file, v3 (``matrix/features``) or legacy v2 (one group per genome).
+
+    With ``gex_only`` only "Gene Expression" features are kept; otherwise every feature is
+    returned and ``var["feature_types"]`` tells them apart (Xenium control probes, antibodies).
+    """
     try:
         f = h5py.File(path, "r")
     except OSError as err:
@@ -191,17 +195,24 @@ def _read_10x_h5(path: Path) -> tuple[AnnData, dict[str, str]]:
         )
     if not X.has_sorted_indices:
         X.sort_indices()
-    gex = (var["feature_types"] == "Gene Expression").to_numpy()
-    if not gex.any():
-        types = sorted(set(var["feature_types"]))
-        raise ValueError(f"Count matrix {path} has no 'Gene Expression' features (types: {types}).")
-    if not gex.all():
-        logger.info("%s: keeping %d Gene Expression of %d features.", path, int(gex.sum()), len(gex))
-        X, var, names = X[:, gex], var[gex], names[gex]
+    if gex_only:
+        gex = gene_expression_mask(var["feature_types"], path)
+        if not gex.all():
+            logger.info("%s: keeping %d Gene Expression of %d features.", path, int(gex.sum()), len(gex))
+            X, var, names = X[:, gex], var[gex], names[gex]
     var.index = pd.Index(names)
     adata = AnnData(X=X, obs=pd.DataFrame(index=pd.Index(barcodes)), var=var)
     adata.var_names_make_unique()
     return adata, meta
+
+
+def gene_expression_mask(feature_types: pd.Series, path: Path) -> np.ndarray:
+    """Boolean mask of the "Gene Expression" features; raises when there are none."""
+    gex = (feature_types == "Gene Expression").to_numpy()
+    if not gex.any():
+        types = sorted(set(feature_types))
+        raise ValueError(f"Count matrix {path} has no 'Gene Expression' features (types: {types}).")
+    return gex
 
 
 def _looks_like_header(first_line: str) -> bool:
@@ -297,9 +308,9 @@ def _join_positions(adata: AnnData, positions: pd.DataFrame, pos_path: Path) -> 
     return adata
 
 
-def _read_scalefactors(path: Path, *, required: list[str]) -> dict[str, float]:
+def _read_scalefactors(path: Path, *, required: list[str], layout: str = _EXPECTED_LAYOUT) -> dict[str, float]:
     if not path.is_file():
-        raise FileNotFoundError(f"Scale factors file {path} not found. {_EXPECTED_LAYOUT}")
+        raise FileNotFoundError(f"Scale factors file {path} not found. {layout}")
     try:
         with open(path) as fh:
             scalefactors = json.load(fh)
@@ -402,7 +413,7 @@ def write_visium_folder(
     spatial_dir = folder / "spatial"
     spatial_dir.mkdir(parents=True, exist_ok=True)
 
-    _write_10x_h5(adata, folder / count_file, library_id=library_id)
+    write_10x_h5(adata, folder / count_file, library_id=library_id, writer="write_visium_folder")
 
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     obs = adata.obs
@@ -424,15 +435,7 @@ def write_visium_folder(
     with open(spatial_dir / SCALEFACTORS_FILE, "w") as fh:
         json.dump(scalefactors, fh)
 
-    from PIL import Image
-
-    for res, img in lib.get("images", {}).items():
-        if res not in IMAGE_FILES:
-            continue
-        img = np.asarray(img)
-        if img.dtype != np.uint8:
-            img = np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
-        Image.fromarray(img[..., :3] if img.ndim == 3 else img).save(spatial_dir / IMAGE_FILES[res])
+    write_images(lib.get("images", {}), spatial_dir)
 
     if annotation_key is not None and annotation_key in obs:
         labels = obs[annotation_key].astype(object).where(obs[annotation_key].notna(), "NA")
@@ -452,16 +455,34 @@ def _array_indices_from_pixels(xy: np.ndarray, spot_diameter: float) -> tuple[np
     return array_row, array_col
 
 
-def _write_10x_h5(adata: AnnData, path: Path, *, library_id: str) -> None:
+def write_images(images: dict, spatial_dir: Path) -> None:
+    """Write ``"hires"`` / ``"lowres"`` images (float in [0, 1] or uint8) as the Space Ranger PNGs."""
+    from PIL import Image
+
+    for res, img in images.items():
+        if res not in IMAGE_FILES:
+            continue
+        img = np.asarray(img)
+        if img.dtype != np.uint8:
+            img = np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
+        Image.fromarray(img[..., :3] if img.ndim == 3 else img).save(spatial_dir / IMAGE_FILES[res])
+
+
+def write_10x_h5(adata: AnnData, path: Path, *, library_id: str, writer: str) -> None:
+    """Write ``adata.X`` as a CellRanger v3 HDF5 count matrix.
+
+    ``var["feature_types"]`` is written when present (Xenium control probes), else every
+    feature is "Gene Expression". ``writer`` names the public function in error messages.
+    """
     X = sparse.csr_matrix(adata.X)
     if X.nnz and (X.data.min() < 0 or not np.array_equal(X.data, np.round(X.data))):
-        raise ValueError("write_visium_folder writes raw counts: adata.X must hold non-negative integers.")
+        raise ValueError(f"{writer} writes raw counts: adata.X must hold non-negative integers.")
     var = adata.var
     gene_ids = var["gene_ids"].astype(str).to_numpy() if "gene_ids" in var else adata.var_names.to_numpy(dtype=str)
     genome = var["genome"].astype(str).to_numpy() if "genome" in var else np.full(adata.n_vars, "unknown")
     with h5py.File(path, "w") as f:
         f.attrs["filetype"] = "matrix"
-        f.attrs["software_version"] = "mihd.data.write_visium_folder"
+        f.attrs["software_version"] = f"mihd.data.{writer}"
         f.attrs["library_ids"] = np.array([library_id], dtype="S")
         g = f.create_group("matrix")
         g.create_dataset("barcodes", data=np.array(adata.obs_names, dtype="S"))
@@ -471,7 +492,10 @@ def _write_10x_h5(adata: AnnData, path: Path, *, library_id: str) -> None:
         g.create_dataset("shape", data=np.array([adata.n_vars, adata.n_obs], dtype=np.int32))
         feats = g.create_group("features")
         feats.create_dataset("_all_tag_keys", data=np.array(["genome"], dtype="S"))
-        feats.create_dataset("feature_type", data=np.full(adata.n_vars, "Gene Expression", dtype="S15"))
+        types = (
+            var["feature_types"].astype(str).to_numpy() if "feature_types" in var else np.full(adata.n_vars, "Gene Expression")
+        )
+        feats.create_dataset("feature_type", data=np.array(types, dtype="S"))
         feats.create_dataset("genome", data=np.array(genome, dtype="S"))
         feats.create_dataset("id", data=np.array(gene_ids, dtype="S"))
         feats.create_dataset("name", data=np.array(adata.var_names, dtype="S"))

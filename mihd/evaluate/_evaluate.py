@@ -4,7 +4,7 @@ Outputs under ``out_dir``::
 
     plan.json              every planned run (id, key, slice, fusion, encoder, cluster, seed)
     runs/<run id>/         one train run folder each (spec.json, run.log, metrics.json, ...)
-    results.csv            one row per planned run (and results.parquet when pyarrow is there)
+    results.csv            one row per planned run (and the same as results.parquet)
     summary.md             fusion x slice, mean +- sd ARI / NMI, rank
     ari_by_method.png      ARI per fusion over slices and seeds
     domains_<slice>.png    refined domain maps of every fusion on one slice

@@ -263,7 +263,8 @@ def _inspect(data_cfg: dict) -> dict:
 
     if data_cfg.get("path") is None:  # the bundled example
         return {"path": "bundled example", "kind": "visium", "has_coords": True, "has_image": True, "problems": []}
-    info = inspect_slice(data_cfg["path"], annotation=data_cfg.get("annotation"))
+    kwargs = {"bin_size": int(data_cfg["bin_size"])} if data_cfg.get("bin_size") is not None else {}
+    info = inspect_slice(data_cfg["path"], annotation=data_cfg.get("annotation"), **kwargs)
     if data_cfg.get("root") and not Path(str(data_cfg["path"])).expanduser().exists():
         info["problems"] = [p + f" (data.root={data_cfg['root']}; set MIHD_DATA_DIR to the folder that holds it, "
                             "or data.root=...)" for p in info["problems"]]

@@ -150,13 +150,18 @@ def load_slice(data_cfg):
     if not path.exists():
         raise FileNotFoundError(
             f"data.path={str(path)!r} does not exist; give a Space Ranger output folder "
-            "(filtered_feature_bc_matrix.h5 + spatial/) or an .h5ad file."
+            "(filtered_feature_bc_matrix.h5 + spatial/), a Visium HD outs/ or binned_outputs/square_NNNum/ "
+            "folder, a Xenium output folder (cell_feature_matrix.h5 + cells.parquet) or an .h5ad file."
         )
     kwargs = {}
     if path.is_dir():
         kwargs = {"annotation": annotation, "annotation_key": key}
         if _cfg_get(data_cfg, "fullres_image"):
             kwargs["fullres_image"] = _cfg_get(data_cfg, "fullres_image")
+        if _cfg_get(data_cfg, "bin_size") is not None:  # Visium HD: 2, 8 or 16 µm bins
+            kwargs["bin_size"] = int(_cfg_get(data_cfg, "bin_size"))
+        if _cfg_get(data_cfg, "load_morphology"):  # Xenium: a bounded level of the DAPI image
+            kwargs["load_morphology"] = True
     adata = read_slice(path, **kwargs)
     if path.is_file() and annotation:
         from ..data import add_annotation
