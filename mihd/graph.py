@@ -2,21 +2,22 @@
 
 Everything here is O(N·k) in memory: neighbours come from a KD-tree
 (`scipy.spatial.cKDTree`) or, for large 2-D inputs, from an exact uniform-grid
-search compiled with numba. No N x N dense array is ever built.
+search compiled with numba (or written in torch, to run on a GPU:
+`mihd._knn_torch`). No N x N dense array is ever built.
 
 * `knn_indices` -- the k nearest neighbours of every point, self first;
 * `radius_neighbors` -- all pairs closer than a radius, as a sparse matrix;
 * `build_spatial_graph` -- the binary adjacency used by training (graph fusions),
   label refinement and the spatial metrics.
 
-This module does not import torch or anndata.
+This module does not import anndata, nor torch until ``engine="torch"`` asks for it.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from numba import njit
@@ -26,8 +27,8 @@ from scipy.spatial import cKDTree
 
 __all__ = ["knn_indices", "radius_neighbors", "build_spatial_graph", "GRID_MIN_POINTS"]
 
-Engine = Literal["auto", "kdtree", "grid"]
-_ENGINES = ("auto", "kdtree", "grid")
+Engine = Literal["auto", "kdtree", "grid", "torch"]
+_ENGINES = ("auto", "kdtree", "grid", "torch")
 
 #: Default k of `build_spatial_graph` and `mihd.refine.refine_labels` (the 6 hexagonal
 #: neighbours of a Visium spot).
@@ -110,9 +111,9 @@ def _resolve_engine(engine: str, n_points: int, n_dims: int) -> str:
         raise ValueError(f"engine={engine!r} is not known; use one of {', '.join(_ENGINES)}.")
     if engine == "auto":
         return "grid" if (n_dims == 2 and n_points >= GRID_MIN_POINTS) else "kdtree"
-    if engine == "grid" and n_dims != 2:
+    if engine in ("grid", "torch") and n_dims != 2:
         raise ValueError(
-            f"engine='grid' handles 2-D coordinates only; these have {n_dims} columns. "
+            f"engine={engine!r} handles 2-D coordinates only; these have {n_dims} columns. "
             "Use engine='kdtree' (or 'auto')."
         )
     return engine
@@ -157,6 +158,7 @@ def knn_indices(
     include_self: bool = True,
     engine: Engine = "auto",
     n_jobs: int | None = -1,
+    device: Any = "auto",
 ) -> NDArray[np.int32]:
     """Indices of the nearest neighbours of every point.
 
@@ -175,11 +177,17 @@ def knn_indices(
         ``"grid"``: exact search on a uniform cell grid, numba-compiled and
         multithreaded, 2-D only; 3-7x faster than the KD-tree engine at 10^6
         points (``benchmarks/refine/results.md``).
+        ``"torch"``: the same exact grid search written in torch
+        (`mihd._knn_torch.knn_indices_torch`), 2-D only, run on ``device``; meant
+        for GPUs (on the CPU it is several times slower than ``"grid"``).
         ``"auto"``: grid for 2-D inputs with at least `GRID_MIN_POINTS` points,
         unless they are spread too unevenly for cells of balanced size (say, a
-        far outlier beside a dense slice); kdtree otherwise.
+        far outlier beside a dense slice); kdtree otherwise. Never torch.
     n_jobs
-        Threads to use; -1 (or None) for all.
+        Threads to use; -1 (or None) for all. Not used by ``"torch"``.
+    device
+        ``engine="torch"`` only: where to search; ``"auto"`` is CUDA when
+        available, else the CPU. The result is copied back to the CPU.
 
     Returns
     -------
@@ -203,6 +211,11 @@ def knn_indices(
     n_threads = _n_threads(n_jobs)
     if n >= np.iinfo(np.int32).max:
         raise ValueError(f"{n} points do not fit int32 indices; split the data.")
+    if engine == "torch":
+        from ._knn_torch import knn_indices_torch
+
+        idx = knn_indices_torch(pts, k, include_self=bool(include_self), device=device)
+        return idx.cpu().numpy().astype(np.int32)
     if engine == "grid":
         plan = _plan_grid(pts, k)
         if plan[-1] or requested == "grid":

@@ -4,8 +4,9 @@ Each spot takes the most common label among itself and its spatial neighbours
 (the k nearest, or all within a radius). This smooths isolated mislabelled spots
 the way SpaGCN / GraphST post-process their clusters, but scales to 10^6 cells:
 neighbours come from `mihd.graph.knn_indices` (cKDTree, or a numba grid search for
-large 2-D inputs) and the vote is one pass over an (N, k + 1) index array, so
-memory is O(N·k) and no N x N array is built.
+large 2-D inputs; on a GPU the torch grid search of `mihd._knn_torch`) and the vote
+is one pass over an (N, k + 1) index array, so memory is O(N·k) and no N x N array
+is built.
 
 * `refine_labels` -- arrays or AnnData in, refined labels out;
 * `majority_vote` -- the vote alone, on integer codes and a neighbour array / graph.
@@ -202,13 +203,39 @@ def _vote_torch(indptr: NDArray, indices: NDArray, codes: NDArray, n_codes: int,
         )
         flat = local_row * n_codes + codes_t[voters]
         counts = torch.bincount(flat, minlength=(stop - start) * n_codes).view(stop - start, n_codes)
-        top = counts.max(dim=1).values
-        own = codes_t[start:stop]
-        own_count = counts.gather(1, own[:, None]).squeeze(1)
-        # smallest code reaching the maximum, without relying on argmax's tie order
-        smallest_top = torch.where(counts == top[:, None], label_range, n_codes).min(dim=1).values
-        out[start:stop] = torch.where(own_count == top, own, smallest_top)
+        out[start:stop] = _winner(counts, codes_t[start:stop], label_range)
     return out.cpu().numpy().astype(np.int32)
+
+
+def _vote_torch_rows(voters, codes: NDArray, n_codes: int) -> NDArray[np.int32]:
+    """The torch vote on an (N, m) neighbour tensor, on the tensor's device (no copy to the CPU)."""
+    import torch
+
+    device = voters.device
+    n, width = voters.shape
+    n_codes = max(int(n_codes), 1)
+    codes_t = torch.as_tensor(codes, dtype=torch.int64).to(device)
+    label_range = torch.arange(n_codes, device=device)
+    out = torch.empty(n, dtype=torch.int64, device=device)
+    rows_per_chunk = max(1, _TORCH_CHUNK_ELEMENTS // max(n_codes, width))
+    for start in range(0, n, rows_per_chunk):
+        stop = min(n, start + rows_per_chunk)
+        local_row = torch.arange(stop - start, device=device)[:, None] * n_codes
+        flat = (local_row + codes_t[voters[start:stop]]).view(-1)
+        counts = torch.bincount(flat, minlength=(stop - start) * n_codes).view(stop - start, n_codes)
+        out[start:stop] = _winner(counts, codes_t[start:stop], label_range)
+    return out.cpu().numpy().astype(np.int32)
+
+
+def _winner(counts, own, label_range):
+    """Per row of (rows, n_codes) counts: ``own`` if it is among the most frequent, else the smallest such code."""
+    import torch
+
+    top = counts.max(dim=1).values
+    own_count = counts.gather(1, own[:, None]).squeeze(1)
+    # smallest code reaching the maximum, without relying on argmax's tie order
+    smallest_top = torch.where(counts == top[:, None], label_range, label_range.numel()).min(dim=1).values
+    return torch.where(own_count == top, own, smallest_top)
 
 
 # --------------------------------------------------------------------------- labels
@@ -306,9 +333,13 @@ def refine_labels(
         AnnData only: return a refined copy instead of writing into ``data``.
     device
         Where the vote is counted: ``"cpu"`` (numba), ``"cuda"``, ``"mps"`` or
-        ``"auto"``. The neighbour search always runs on the CPU.
+        ``"auto"``. With CUDA and ``engine="auto"`` the kNN search runs there too
+        (the torch grid search), and its indices go straight to the vote; otherwise
+        the search runs on the CPU. The radius rule always searches on the CPU.
     engine
-        Neighbour search engine, see `mihd.graph.knn_indices`.
+        Neighbour search engine, see `mihd.graph.knn_indices`. ``"torch"`` searches
+        with torch on the vote's device (on the CPU when that is the CPU or MPS,
+        which lacks the float64 the exact search needs).
     spatial_key
         AnnData only: the ``obsm`` key holding the coordinates.
 
@@ -376,8 +407,35 @@ def _refine_codes(
     if r is not None:
         voters = radius_neighbors(coords, r, include_self=True)
     else:
-        voters = knn_indices(coords, k, include_self=True, engine=engine)
+        search_device = _torch_search_device(engine, device, coords.shape[1])
+        if search_device is not None:
+            from ._knn_torch import knn_indices_torch
+
+            voters_t = knn_indices_torch(coords, k, include_self=True, device=search_device)
+            if search_device.type != "cpu":  # cuda: search and vote without a CPU round trip
+                return _vote_torch_rows(voters_t, codes, n_codes)
+            voters = voters_t.numpy()
+        else:
+            voters = knn_indices(coords, k, include_self=True, engine=engine)
     return majority_vote(voters, codes, n_codes=n_codes, device=device)
+
+
+def _torch_search_device(engine: str, device: Any, n_dims: int):
+    """Where the torch kNN search runs for this engine and vote device, or None for `knn_indices`.
+
+    ``engine="torch"``: the vote's device, or the CPU when that is the CPU or MPS (no
+    float64). ``engine="auto"``: a CUDA vote device, for 2-D coordinates; else None.
+    """
+    if engine not in ("auto", "torch") or (engine == "auto" and n_dims != 2):
+        return None
+    vote_device = _torch_device_or_none(device)
+    if vote_device is not None and vote_device.type == "cuda":
+        return vote_device
+    if engine == "torch":
+        import torch
+
+        return torch.device("cpu")
+    return None
 
 
 def _is_anndata(obj: Any) -> bool:
