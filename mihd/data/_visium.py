@@ -124,25 +124,43 @@ def read_visium(
     required = ["spot_diameter_fullres"] + [IMAGE_SCALEF[res] for res in image_paths]
     scalefactors = _read_scalefactors(spatial_dir / SCALEFACTORS_FILE, required=required)
 
+    return finish_slice(
+        adata, library_id=library_id, image_paths=image_paths if load_images else {}, scalefactors=scalefactors,
+        metadata=dict(h5_meta), base=folder, fullres_image=fullres_image, annotation=annotation,
+        annotation_key=annotation_key, spatial_dir=spatial_dir if load_images else None,
+    )
+
+
+def finish_slice(
+    adata: AnnData,
+    *,
+    library_id: str,
+    image_paths: dict,
+    scalefactors: dict,
+    metadata: dict,
+    base,
+    fullres_image=None,
+    annotation=None,
+    annotation_key: str = "ground_truth",
+    spatial_dir: Path | None = None,
+) -> AnnData:
+    """The tail every 10x folder reader shares: load the images, fill ``uns["spatial"]``, join the annotation.
+
+    ``base`` (a folder or folders) resolves relative ``fullres_image`` / ``annotation`` paths;
+    ``spatial_dir`` set and no image found logs that the slice has no image modality.
+    """
     images: dict[str, np.ndarray] = {}
-    if load_images:
-        if not image_paths:
-            logger.warning(
-                "No tissue image in %s (looked for %s); the slice has no image modality.",
-                spatial_dir,
-                ", ".join(IMAGE_FILES.values()),
-            )
-        for res, img_path in image_paths.items():
-            images[res] = load_rgb_image(img_path)
-            _warn_if_outside(adata.obsm["spatial"] * scalefactors[IMAGE_SCALEF[res]], images[res].shape, img_path)
-
-    metadata = dict(h5_meta)
+    if spatial_dir is not None and not image_paths:
+        logger.warning("No tissue image in %s (looked for %s); the slice has no image modality.",
+                       spatial_dir, ", ".join(IMAGE_FILES.values()))
+    for res, img_path in image_paths.items():
+        images[res] = load_rgb_image(img_path)
+        _warn_if_outside(adata.obsm["spatial"] * scalefactors[IMAGE_SCALEF[res]], images[res].shape, img_path)
     if fullres_image is not None:
-        metadata["fullres_path"] = str(resolve_path(fullres_image, base=folder, what="full-resolution image"))
+        metadata["fullres_path"] = str(resolve_path(fullres_image, base=base, what="full-resolution image"))
     adata.uns["spatial"] = {library_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
-
     if annotation is not None:
-        add_annotation(adata, resolve_path(annotation, base=folder, what="annotation table"), key=annotation_key)
+        add_annotation(adata, resolve_path(annotation, base=base, what="annotation table"), key=annotation_key)
     return adata
 
 

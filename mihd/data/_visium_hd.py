@@ -28,8 +28,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from ._annotation import add_annotation
-from ._validate import check_spatial, resolve_path
+from ._validate import check_spatial
 from ._visium import (
     IMAGE_FILES,
     IMAGE_SCALEF,
@@ -37,8 +36,7 @@ from ._visium import (
     SCALEFACTORS_FILE,
     _read_10x_h5,
     _read_scalefactors,
-    _warn_if_outside,
-    load_rgb_image,
+    finish_slice,
     write_10x_h5,
     write_images,
 )
@@ -224,24 +222,12 @@ def read_visium_hd(
     scalefactors = _complete_hd_scalefactors(scalefactors, size, spatial_dir / SCALEFACTORS_FILE)
     adata.obsm["spatial_um"] = adata.obsm["spatial"] * scalefactors["microns_per_pixel"]
 
-    images: dict[str, np.ndarray] = {}
-    if load_images:
-        if not image_paths:
-            logger.warning("No tissue image in %s; the slice has no image modality.", spatial_dir)
-        for res, img_path in image_paths.items():
-            images[res] = load_rgb_image(img_path)
-            _warn_if_outside(adata.obsm["spatial"] * scalefactors[IMAGE_SCALEF[res]], images[res].shape, img_path)
-
-    metadata = dict(h5_meta)
-    metadata["bin_size_um"] = size
-    metadata["bin_folder"] = str(bin_dir)
-    if fullres_image is not None:
-        metadata["fullres_path"] = str(resolve_path(fullres_image, base=bases, what="full-resolution image"))
-    adata.uns["spatial"] = {library_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
-
-    if annotation is not None:
-        add_annotation(adata, resolve_path(annotation, base=bases, what="annotation table"), key=annotation_key)
-    return adata
+    metadata = {**h5_meta, "bin_size_um": size, "bin_folder": str(bin_dir)}
+    return finish_slice(
+        adata, library_id=library_id, image_paths=image_paths if load_images else {}, scalefactors=scalefactors,
+        metadata=metadata, base=bases, fullres_image=fullres_image, annotation=annotation,
+        annotation_key=annotation_key, spatial_dir=spatial_dir if load_images else None,
+    )
 
 
 def _as_str(values) -> np.ndarray:
