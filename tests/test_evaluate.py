@@ -288,3 +288,24 @@ def test_the_dlpfc_pair_experiment_plans_two_slices_with_five_seeds(tmp_path, mo
     cfg, train_args = _cfg(["experiment=dlpfc_pair", "fusions=[concat]", f"out_dir={tmp_path}"])
     plan = build_plan(cfg, train_args)
     assert [(r.slice, r.seed) for r in plan.runs] == [(s, k) for s in ("dlpfc_151673", "dlpfc_151674") for k in range(5)]
+
+
+def test_variants_are_separate_methods_with_their_own_runs(tmp_path, visium_folder):
+    out_dir = tmp_path / "ev"
+    cfg, train_args = _cfg(_eval_args(
+        visium_folder, out_dir, "fusions=[genes_only]", "seeds=[0]",
+        "variants=[default,{name:raw,overrides:['spatial.smooth_inputs=false']}]",
+    ))
+    plan = build_plan(cfg, train_args)
+    assert [r.variant for r in plan.runs] == ["default", "raw"]
+    assert [r.config["spatial"]["smooth_inputs"] for r in plan.runs] == [True, False]
+    assert len({r.key for r in plan.runs}) == 2 and "raw" in plan.runs[1].run_id
+    result = evaluate(cfg, train_args, progress=False)
+    assert list(result.table["variant"]) == ["default", "raw"] and (result.table["status"] == "ok").all()
+    assert "genes_only [raw]" in (out_dir / "summary.md").read_text()
+
+
+def test_a_malformed_variant_is_a_plan_problem(tmp_path):
+    cfg, train_args = _cfg([f"out_dir={tmp_path}", "variants=[{overrides:['seed=1']}]"])
+    with pytest.raises(PlanError, match="variants"):
+        build_plan(cfg, train_args)

@@ -32,7 +32,8 @@ __all__ = ["evaluate", "EvaluationResult", "results_table", "RESULT_COLUMNS"]
 
 _SCORES = ("ari", "nmi", "ami", "homogeneity", "completeness", "chaos", "pas")
 RESULT_COLUMNS = (
-    ["run_id", "key", "status", "slice", "fusion", "encoder", "cluster", "seed", "n_spots", "n_domains", "device", "epochs"]
+    ["run_id", "key", "status", "slice", "fusion", "encoder", "cluster", "variant", "seed", "n_spots", "n_domains",
+     "device", "epochs"]
     + [f"{s}_before" for s in _SCORES]
     + [f"{s}_after" for s in _SCORES]
     + ["wall_seconds", "train_seconds", "prepare_seconds", "cluster_seconds", "peak_rss_mib", "error", "run_dir"]

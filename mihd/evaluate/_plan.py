@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -23,8 +24,8 @@ __all__ = ["PlannedRun", "Plan", "PlanError", "build_plan", "config_key", "split
 # Top-level keys of configs/evaluate.yaml; any other `key=value` argument is a train option
 # applied to every run.
 EVALUATE_KEYS = frozenset(
-    {"slices", "fusions", "encoders", "clusters", "seeds", "overrides", "out_dir", "cache_dir", "plot_slice",
-     "retry_failed", "launcher", "experiment"}
+    {"slices", "fusions", "encoders", "clusters", "seeds", "variants", "overrides", "out_dir", "cache_dir",
+     "plot_slice", "retry_failed", "launcher", "experiment"}
 )
 # Options that say where things go, not what is computed: not part of a run's identity.
 _VOLATILE = ("run_dir", "overwrite", "cache_dir", "trainer.progress_bar")
@@ -54,6 +55,7 @@ class PlannedRun:
     cluster: str
     seed: int
     config: dict = field(repr=False, compare=False)
+    variant: str = "default"
 
     @property
     def run_dir(self) -> Path:
@@ -68,7 +70,7 @@ class PlannedRun:
         return "todo"
 
     def describe(self) -> dict:
-        return {k: getattr(self, k) for k in ("run_id", "key", "slice", "fusion", "encoder", "cluster", "seed")}
+        return {k: getattr(self, k) for k in ("run_id", "key", "slice", "fusion", "encoder", "cluster", "variant", "seed")}
 
 
 @dataclass
@@ -81,11 +83,12 @@ class Plan:
 
     def table(self) -> str:
         """A fixed-width listing of the runs and their status (for ``mihd evaluate --plan``)."""
-        head = f"{'#':>4}  {'slice':<16}{'fusion':<18}{'encoder':<12}{'cluster':<10}{'seed':>5}  {'key':<14}status"
+        head = f"{'#':>4}  {'slice':<16}{'fusion':<18}{'encoder':<12}{'cluster':<10}{'variant':<12}{'seed':>5}  {'key':<14}status"
         lines = [head]
         for i, r in enumerate(self.runs, 1):
             lines.append(
-                f"{i:>4}  {r.slice:<16}{r.fusion:<18}{r.encoder:<12}{r.cluster:<10}{r.seed:>5}  {r.key:<14}{r.status()}"
+                f"{i:>4}  {r.slice:<16}{r.fusion:<18}{r.encoder:<12}{r.cluster:<10}{r.variant:<12}{r.seed:>5}  "
+                f"{r.key:<14}{r.status()}"
             )
         counts = {s: sum(r.status() == s for r in self.runs) for s in ("done", "failed", "todo")}
         lines.append(
@@ -196,66 +199,86 @@ def build_plan(eval_cfg, train_overrides: list[str] = ()) -> Plan:
         except (TypeError, ValueError):
             problems.append(f"seeds: {s!r} is not a whole number.")
     slice_entries = _as_list(eval_cfg.get("slices"), "slices", problems)
+    variants = _variants(eval_cfg.get("variants"), problems)
 
     runs: list[PlannedRun] = []
     slices: dict[str, dict] = {}
     seen: set[str] = set()
-    for entry in slice_entries:
+    # Seeds vary fastest after fusions (below): an interrupted plan has whole seeds done.
+    for entry, (variant, variant_ovr), encoder, cluster in itertools.product(
+        slice_entries, variants.items(), encoders, clusters
+    ):
         slice_ovr = _slice_overrides(entry)
-        for encoder in encoders:
-            for cluster in clusters:
-                composed = {}
-                where = f"slice {entry!r}, encoder {encoder!r}, cluster {cluster!r}"
-                for fusion in fusions:
-                    try:
-                        cfg = compose(
-                            "train",
-                            [*slice_ovr, f"encoder={encoder}", f"cluster={cluster}", f"fusion={fusion}", *base,
-                             "trainer.progress_bar=false"],
-                            stamp_run_dir=False,
-                        )
-                    except Exception as err:  # Hydra / OmegaConf: a config name or override is wrong
-                        problems.append(f"{where}: {_one_line(err)}")
-                        break  # the same for every fusion: say it once
-                    try:
-                        validate_config(cfg)
-                    except Exception as err:  # our own option checks, naming the option
-                        problems.append(f"{where}, fusion {fusion!r}: {_one_line(err)}")
-                        continue
-                    composed[fusion] = OmegaConf.to_container(cfg, resolve=True)
-                    composed[fusion]["cache_dir"] = str(cache_dir)
-                if not composed:
+        composed = {}
+        where = f"slice {entry!r}, encoder {encoder!r}, cluster {cluster!r}" + (
+            f", variant {variant!r}" if variant != "default" else "")
+        for fusion in fusions:
+            try:
+                cfg = compose(
+                    "train",
+                    [*slice_ovr, f"encoder={encoder}", f"cluster={cluster}", f"fusion={fusion}", *base,
+                     *variant_ovr, "trainer.progress_bar=false"],
+                    stamp_run_dir=False,
+                )
+            except Exception as err:  # Hydra / OmegaConf: a config name or override is wrong
+                problems.append(f"{where}: {_one_line(err)}")
+                break  # the same for every fusion: say it once
+            try:
+                validate_config(cfg)
+            except Exception as err:  # our own option checks, naming the option
+                problems.append(f"{where}, fusion {fusion!r}: {_one_line(err)}")
+                continue
+            composed[fusion] = OmegaConf.to_container(cfg, resolve=True)
+            composed[fusion]["cache_dir"] = str(cache_dir)
+        if not composed:
+            continue
+        data_cfg = next(iter(composed.values()))["data"]
+        name = str(data_cfg.get("name") or entry)
+        info = slices.get(name) or _inspect(data_cfg)
+        slices[name] = info
+        problems += [f"slice {name!r}: {p}" for p in info["problems"]]
+        for fusion, cfg in composed.items():
+            if fusion in NEEDS_COORDS_FUSIONS and not info["has_coords"]:
+                problems.append(
+                    f"slice {name!r} ({info['path']}) has no spatial coordinates (obsm['spatial']), but fusion "
+                    f"{fusion!r} needs them; drop it from fusions or use a slice with coordinates "
+                    f"(fusions that need coordinates: {', '.join(sorted(NEEDS_COORDS_FUSIONS))})."
+                )
+        for seed in seeds:
+            for fusion, cfg in composed.items():
+                run_cfg = copy.deepcopy(cfg)
+                run_cfg["seed"] = seed
+                key = config_key(run_cfg)
+                if key in seen:
                     continue
-                data_cfg = next(iter(composed.values()))["data"]
-                name = str(data_cfg.get("name") or entry)
-                info = slices.get(name) or _inspect(data_cfg)
-                slices[name] = info
-                problems += [f"slice {name!r}: {p}" for p in info["problems"]]
-                for fusion, cfg in composed.items():
-                    if fusion in NEEDS_COORDS_FUSIONS and not info["has_coords"]:
-                        problems.append(
-                            f"slice {name!r} ({info['path']}) has no spatial coordinates (obsm['spatial']), but fusion "
-                            f"{fusion!r} needs them; drop it from fusions or use a slice with coordinates "
-                            f"(fusions that need coordinates: {', '.join(sorted(NEEDS_COORDS_FUSIONS))})."
-                        )
-                # Seeds vary fastest after fusions: an interrupted plan has whole seeds done.
-                for seed in seeds:
-                    for fusion, cfg in composed.items():
-                        run_cfg = copy.deepcopy(cfg)
-                        run_cfg["seed"] = seed
-                        key = config_key(run_cfg)
-                        if key in seen:
-                            continue
-                        seen.add(key)
-                        run_id = "__".join(_slug(x) for x in (name, fusion, encoder, cluster, f"seed{seed}", key[:8]))
-                        run_cfg["run_dir"] = str(out_dir / "runs" / run_id)
-                        run_cfg["overwrite"] = False
-                        runs.append(PlannedRun(run_id, key, name, fusion, encoder, cluster, seed, run_cfg))
+                seen.add(key)
+                parts = (name, fusion, encoder, cluster) + ((variant,) if variant != "default" else ())
+                run_id = "__".join(_slug(x) for x in (*parts, f"seed{seed}", key[:8]))
+                run_cfg["run_dir"] = str(out_dir / "runs" / run_id)
+                run_cfg["overwrite"] = False
+                runs.append(PlannedRun(run_id, key, name, fusion, encoder, cluster, seed, run_cfg, variant))
     if not runs and not problems:
         problems.append("the plan is empty: no slice, fusion, encoder, cluster or seed was given.")
     if problems:
         raise PlanError(problems)
     return Plan(runs, out_dir, slices)
+
+
+def _variants(value, problems: list[str]) -> dict[str, list[str]]:
+    """``variants``: named sets of train overrides, each a separate method in the report.
+
+    ``null`` / ``[]`` -> just ``default``. Entries: ``{name: raw, overrides: [spatial.smooth_inputs=false]}``
+    or the string ``default`` (no overrides).
+    """
+    out: dict[str, list[str]] = {}
+    for v in value or ["default"]:
+        if v == "default":
+            out["default"] = []
+        elif isinstance(v, dict) and v.get("name") and set(v) <= {"name", "overrides"}:
+            out[str(v["name"])] = [str(o) for o in (v.get("overrides") or [])]
+        else:
+            problems.append(f"variants: {v!r} is not 'default' or {{name: <label>, overrides: [key=value, ...]}}.")
+    return out
 
 
 def _inspect(data_cfg: dict) -> dict:

@@ -40,10 +40,14 @@ def _check_columns(table: pd.DataFrame, columns) -> None:
 
 
 def _methods(table: pd.DataFrame) -> pd.Series:
-    """Method name per row: the fusion alone when encoder and cluster are the same everywhere."""
-    if table["encoder"].nunique() <= 1 and table["cluster"].nunique() <= 1:
-        return table["fusion"].astype(str)
-    return table["fusion"].astype(str) + " / " + table["encoder"].astype(str) + " / " + table["cluster"].astype(str)
+    """Method name per row: the fusion, plus each of encoder / cluster / variant that varies in the table."""
+    name = table["fusion"].astype(str)
+    varying = [c for c in ("encoder", "cluster") if table[c].nunique() > 1]
+    if varying:  # both shown as soon as one varies, so names read the same way in every row
+        name = name + " / " + table["encoder"].astype(str) + " / " + table["cluster"].astype(str)
+    if "variant" in table and table["variant"].nunique() > 1:
+        name = name + " [" + table["variant"].astype(str) + "]"
+    return name
 
 
 def _ok_runs(table: pd.DataFrame) -> pd.DataFrame:
