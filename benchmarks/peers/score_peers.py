@@ -32,6 +32,9 @@ from mihd.evaluate._evaluate import RESULT_COLUMNS
 from mihd.evaluate._report import plot_ari, summary_markdown
 from mihd.metrics import score_labels
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_machine.py
+from _machine import cpu_model  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 TOOLS = {"spagcn": ("SpaGCN", "louvain"), "graphst": ("GraphST", "mclust")}
 SCORES = ("ari", "nmi", "ami", "homogeneity", "completeness", "chaos", "pas")
@@ -117,14 +120,7 @@ def build_table(out_dir: Path, data_dir: Path, slices, seeds, tools, n_domains: 
 
 
 def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = os.getloadavg()
     return (f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}, Python {platform.python_version()} "
             f"(scoring); load average now {load[0]:.2f} (the machine is shared: wall times are upper bounds)")

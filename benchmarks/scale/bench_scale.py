@@ -41,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_machine.py
+from _machine import cpu_model  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1].parent
 STAGES = ("graph", "refine", "epoch", "cluster", "e2e")
 
@@ -185,7 +188,7 @@ def main() -> None:
         notes = {k: v for k, v in r.items() if k not in ("seconds", "peak_rss_mib", "base_rss_mib")}
         lines.append(f"| {stage} | {n:,} | {r['seconds']:.2f} | {r['peak_rss_mib']:,.0f} | "
                      f"{'' if np.isnan(added) else f'{added:,.0f}'} | {json.dumps(notes)} |")
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_model()
     header = [
         f"## {args.device.upper()} run, {_dt.date.today().isoformat()}",
         "",

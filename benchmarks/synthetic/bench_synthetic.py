@@ -36,6 +36,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_machine.py
+from _machine import cpu_model  # noqa: E402
 
 N_DOMAINS = 7
 CASES = {
@@ -122,14 +124,7 @@ def machine_info() -> dict[str, str]:
     import numpy as np
     import scipy
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     # Not `nproc`: it reports OMP_NUM_THREADS when that is set.
     nproc = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     try:
