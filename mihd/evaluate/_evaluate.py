@@ -148,15 +148,13 @@ def evaluate(cfg, train_overrides: list[str] = (), *, plan_only: bool = False, p
     """
     from omegaconf import DictConfig, OmegaConf
 
-    from ._launch import launch
+    from ._launch import LAUNCHERS, launch
     from ._report import write_report
     from ._worker import write_spec
 
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     launcher = dict(cfg.get("launcher") or {"name": "local"})
-    from ._launch import LAUNCHERS
-
     if launcher.get("name", "local") not in LAUNCHERS:
         raise ValueError(f"launcher={launcher.get('name')!r} is unknown; use one of {', '.join(LAUNCHERS)}.")
     plan = build_plan(cfg, list(train_overrides))  # raises PlanError before anything runs
