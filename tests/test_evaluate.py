@@ -305,6 +305,22 @@ def test_variants_are_separate_methods_with_their_own_runs(tmp_path, visium_fold
     assert "genes_only [raw]" in (out_dir / "summary.md").read_text()
 
 
+def test_a_variant_can_be_limited_to_some_fusions(tmp_path, visium_folder):
+    cfg, train_args = _cfg(_eval_args(
+        visium_folder, tmp_path / "ev", "fusions=[concat,genes_only]", "seeds=[0,1]",
+        "variants=[default,{name:raw,overrides:['spatial.smooth_inputs=false'],fusions:[genes_only]}]",
+    ))
+    plan = build_plan(cfg, train_args)
+    assert sorted((r.variant, r.fusion) for r in plan.runs) == sorted(
+        [(v, f) for v, f in [("default", "concat"), ("default", "genes_only"), ("raw", "genes_only")] for _ in range(2)]
+    )
+    cfg, train_args = _cfg(_eval_args(
+        visium_folder, tmp_path / "ev2", "variants=[{name:raw,overrides:[],fusions:[no_such_fusion]}]",
+    ))
+    with pytest.raises(PlanError, match="no_such_fusion"):
+        build_plan(cfg, train_args)
+
+
 def test_a_malformed_variant_is_a_plan_problem(tmp_path):
     cfg, train_args = _cfg([f"out_dir={tmp_path}", "variants=[{overrides:['seed=1']}]"])
     with pytest.raises(PlanError, match="variants"):

@@ -120,6 +120,14 @@ def test_method_names_include_encoder_and_cluster_when_they_vary(table):
     assert set(_method_rows(summary_markdown(table))) == set(LEVELS)
 
 
+def test_only_non_default_variants_are_named_and_a_method_column_wins(table):
+    raw = table[table["fusion"] == "mean"].assign(variant="raw", run_id=lambda t: t["run_id"] + "-raw")
+    mixed = pd.concat([table.assign(variant=np.where(table.index % 2, "default", None)), raw], ignore_index=True)
+    assert set(_method_rows(summary_markdown(mixed))) == set(LEVELS) | {"mean [raw]"}
+    named = mixed.assign(method=np.where(mixed["fusion"] == "concat", "GraphST", mixed["fusion"]))
+    assert set(_method_rows(summary_markdown(named))) == {"GraphST", "adaln_attention", "mean"}
+
+
 def test_missing_column_is_named(table):
     with pytest.raises(KeyError, match="ari_after"):
         summary_markdown(table.drop(columns="ari_after"))

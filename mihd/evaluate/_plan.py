@@ -205,14 +205,14 @@ def build_plan(eval_cfg, train_overrides: list[str] = ()) -> Plan:
     slices: dict[str, dict] = {}
     seen: set[str] = set()
     # Seeds vary fastest after fusions (below): an interrupted plan has whole seeds done.
-    for entry, (variant, variant_ovr), encoder, cluster in itertools.product(
+    for entry, (variant, (variant_ovr, variant_fusions)), encoder, cluster in itertools.product(
         slice_entries, variants.items(), encoders, clusters
     ):
         slice_ovr = _slice_overrides(entry)
         composed = {}
         where = f"slice {entry!r}, encoder {encoder!r}, cluster {cluster!r}" + (
             f", variant {variant!r}" if variant != "default" else "")
-        for fusion in fusions:
+        for fusion in fusions if variant_fusions is None else [f for f in fusions if f in variant_fusions]:
             try:
                 cfg = compose(
                     "train",
@@ -264,20 +264,32 @@ def build_plan(eval_cfg, train_overrides: list[str] = ()) -> Plan:
     return Plan(runs, out_dir, slices)
 
 
-def _variants(value, problems: list[str]) -> dict[str, list[str]]:
+def _variants(value, problems: list[str]) -> dict[str, tuple[list[str], set[str] | None]]:
     """``variants``: named sets of train overrides, each a separate method in the report.
 
-    ``null`` / ``[]`` -> just ``default``. Entries: ``{name: raw, overrides: [spatial.smooth_inputs=false]}``
-    or the string ``default`` (no overrides).
+    ``null`` / ``[]`` -> just ``default``. Entries: the string ``default`` (no overrides) or
+    ``{name: raw, overrides: [spatial.smooth_inputs=false], fusions: [genes_only]}``, where the
+    optional ``fusions`` limits the variant to those of the plan's fusions (e.g. one baseline row).
+    Returns name -> (overrides, fusions or None for all).
     """
-    out: dict[str, list[str]] = {}
+    from ..fusion import list_fusions
+
+    out: dict[str, tuple[list[str], set[str] | None]] = {}
     for v in value or ["default"]:
         if v == "default":
-            out["default"] = []
-        elif isinstance(v, dict) and v.get("name") and set(v) <= {"name", "overrides"}:
-            out[str(v["name"])] = [str(o) for o in (v.get("overrides") or [])]
+            out["default"] = ([], None)
+        elif isinstance(v, dict) and v.get("name") and set(v) <= {"name", "overrides", "fusions"}:
+            only = v.get("fusions")
+            if only is not None:
+                only = {str(f) for f in ([only] if isinstance(only, str) else only)}
+                unknown = sorted(only - set(list_fusions()))
+                if unknown:
+                    problems.append(f"variants: {v['name']!r} names unknown fusions {unknown}; registered: {', '.join(list_fusions())}.")
+            out[str(v["name"])] = ([str(o) for o in (v.get("overrides") or [])], only)
         else:
-            problems.append(f"variants: {v!r} is not 'default' or {{name: <label>, overrides: [key=value, ...]}}.")
+            problems.append(
+                f"variants: {v!r} is not 'default' or {{name: <label>, overrides: [key=value, ...], fusions: [optional]}}."
+            )
     return out
 
 

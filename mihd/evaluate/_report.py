@@ -40,13 +40,18 @@ def _check_columns(table: pd.DataFrame, columns) -> None:
 
 
 def _methods(table: pd.DataFrame) -> pd.Series:
-    """Method name per row: the fusion, plus each of encoder / cluster / variant that varies in the table."""
+    """Method name per row: a ``method`` column when the table has one (e.g. a report that mixes
+    mihd with peer tools), else the fusion, plus encoder / cluster when either varies in the table,
+    plus ``[variant]`` for runs of a variant other than ``default``."""
+    if "method" in table:
+        return table["method"].astype(str)
     name = table["fusion"].astype(str)
     varying = [c for c in ("encoder", "cluster") if table[c].nunique() > 1]
     if varying:  # both shown as soon as one varies, so names read the same way in every row
         name = name + " / " + table["encoder"].astype(str) + " / " + table["cluster"].astype(str)
-    if "variant" in table and table["variant"].nunique() > 1:
-        name = name + " [" + table["variant"].astype(str) + "]"
+    if "variant" in table:
+        variant = table["variant"].fillna("default").astype(str)
+        name = name.where(variant == "default", name + " [" + variant + "]")
     return name
 
 

@@ -1,0 +1,113 @@
+"""Side-by-side report: every mihd fusion, the genes-only baselines and the peers on the same slices.
+
+Reads tables that share ``mihd evaluate``'s columns (``RESULT_COLUMNS``) and writes one report:
+
+- the mihd evaluation (``mihd evaluate experiment=dlpfc_pair``): every registered fusion,
+  including ``genes_only`` (the gene PCA averaged over each spot and its 6 nearest spots, the
+  package default), plus the ``genes_only [raw]`` variant (the gene PCA alone, no spatial
+  averaging);
+- the peers (``benchmarks/peers/results.csv``, from ``benchmarks/peers/run_all.sh``).
+
+Outputs (atomic): ``results.csv`` (all rows), ``summary.md`` (per-slice ARI / NMI mean ± sd,
+median ARI over all slices and seeds, wall time, peak memory, the two baselines named, and a
+verdict line computed from the table), ``ari_by_method.png``.
+
+    .venv/bin/python benchmarks/compare/compare.py --mihd evaluations/dlpfc_pair/results.csv \
+        --peers benchmarks/peers/results.csv --out benchmarks/compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from mihd._io import write_text
+from mihd.evaluate._evaluate import RESULT_COLUMNS
+from mihd.evaluate._report import plot_ari, summary_markdown
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from _machine import cpu_model  # noqa: E402
+
+PEERS = ("GraphST", "SpaGCN")
+BASELINES = {"genes_only": "genes averaged over spatial neighbours (smoothed PCA)", "genes_only [raw]": "genes only (PCA)"}
+
+
+def load(paths: list[Path]) -> pd.DataFrame:
+    frames = []
+    for p in paths:
+        if not p.exists():
+            raise SystemExit(f"{p}: no such results table; run `bash benchmarks/compare/run.sh` (or the step that writes it) first.")
+        t = pd.read_csv(p)
+        missing = [c for c in ("run_id", "status", "slice", "fusion", "seed", "ari_after") if c not in t.columns]
+        if missing:
+            raise SystemExit(f"{p}: not a mihd results table (missing columns {missing}).")
+        frames.append(t.reindex(columns=list(RESULT_COLUMNS)))
+    table = pd.concat(frames, ignore_index=True).drop_duplicates("run_id", keep="last")
+    # One name per method across tools: the peer's name, or the fusion plus its non-default variant.
+    variant = table["variant"].fillna("default").astype(str)
+    fusion = table["fusion"].astype(str)
+    table["method"] = fusion.where(variant == "default", fusion + " [" + variant + "]")
+    return table
+
+
+def verdict(table: pd.DataFrame) -> list[str]:
+    """Where the best trained mihd fusion stands against each peer and baseline: median ARI after
+    refinement over all ok runs (slices x seeds), and per slice."""
+    ok = table[table["status"] == "ok"]
+    med = ok.groupby("method")["ari_after"].median()
+    n = ok.groupby("method").size()
+    per_slice = ok.groupby(["method", "slice"])["ari_after"].median().unstack()
+    peers = {m for m in med.index if m in PEERS}
+    base = {m for m in med.index if m in BASELINES}
+    trained = med.drop(list(peers | base), errors="ignore")
+    if trained.empty:
+        return ["- no trained mihd fusion has finished runs yet"]
+
+    def slices(m: str) -> str:
+        return ", ".join(f"{s} {v:.3f}" for s, v in per_slice.loc[m].dropna().items())
+
+    best = trained.idxmax()
+    lines = [f"- best trained mihd strategy by median ARI: **{best}** {med[best]:.3f} (n={n[best]}; per slice: {slices(best)})"]
+    for other in sorted(peers | base):
+        diff = med[best] - med[other]
+        word = "ahead of" if diff > 0 else "behind" if diff < 0 else "tied with"
+        lines.append(f"  - {word} {other}: {med[other]:.3f} (n={n[other]}; per slice: {slices(other)}; difference {diff:+.3f})")
+    return lines
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mihd", type=Path, nargs="+", required=True, help="mihd evaluate results.csv file(s)")
+    ap.add_argument("--peers", type=Path, nargs="+", default=[HERE.parent / "peers" / "results.csv"])
+    ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--command", default="bash benchmarks/compare/run.sh")
+    args = ap.parse_args(argv)
+    table = load(args.mihd + args.peers)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out / "results.csv.tmp"
+    table.to_csv(tmp, index=False)
+    tmp.replace(args.out / "results.csv")
+    text = summary_markdown(table, title="mihd vs GraphST and SpaGCN on DLPFC", command=args.command)
+    text += "\n## Verdict (computed from the table above)\n\n" + "\n".join(verdict(table)) + "\n"
+    text += (
+        "\n## Baselines\n\n"
+        + "\n".join(f"- `{m}`: {d}, clustered and refined exactly like every fusion" for m, d in BASELINES.items())
+        + "\n\n## Provenance\n\n"
+        f"- written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu_model()}\n"
+        "- mihd rows: `mihd evaluate experiment=dlpfc_pair` (defaults of this commit; nothing chosen by ARI)\n"
+        "- peer rows: `benchmarks/peers/` (own venv, tutorial defaults, scored with `mihd.metrics`); their per-run "
+        "details, versions and parameters are in `benchmarks/peers/results.md`\n"
+        "- wall times are on a shared 2-core machine where the peers ran beside the mihd runs: upper bounds\n"
+    )
+    write_text(args.out / "summary.md", text)
+    plot_ari(table, args.out / "ari_by_method.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

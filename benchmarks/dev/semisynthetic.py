@@ -1,0 +1,123 @@
+"""Semi-synthetic DLPFC slices for choosing defaults without the scored slices' labels.
+
+Real geometry, synthetic expression: the spot positions, lowres H&E image and manual
+layer map of a DLPFC slice that is *not* scored in the peers comparison (151507-151510,
+151669-151672, 151675, 151676; those have no counts here), with counts simulated per
+layer. The expression model is built to be hard in the ways real cortex is:
+
+- weak layer markers (log fold 0.3-0.9 on a few genes per layer);
+- cortical-depth gradients: a share of genes change monotonically with the layer order
+  L1 -> WM (so adjacent layers differ little);
+- spots mix cell types of *adjacent* layers (a 55 µm spot straddles borders);
+- smooth spatial nuisance programs independent of the layers (batch-like, gradients);
+- per-spot library size (log-normal) and negative-binomial noise (theta 5).
+
+Used only to choose mihd's defaults (``benchmarks/dev/run_dev.py``); the scored slices
+151673 / 151674 are never touched here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from scipy.spatial import cKDTree
+
+DEV_SLICES = ("151507", "151508", "151509", "151510", "151669", "151670", "151671", "151672", "151675", "151676")
+LAYER_ORDER = ("Layer_1", "Layer_2", "Layer_3", "Layer_4", "Layer_5", "Layer_6", "WM")
+
+
+def _read_geometry(folder: Path):
+    pos = pd.read_csv(folder / "spatial" / "tissue_positions_list.csv", header=None, index_col=0)
+    pos = pos[pos[1] == 1]
+    truth = pd.read_csv(folder / "truth.tsv", sep="\t", index_col=0)["layer"]
+    truth = truth.reindex(pos.index)
+    xy = pos[[5, 4]].to_numpy(float)  # (x = col, y = row) full-res pixels, as Space Ranger
+    scale = json.loads((folder / "spatial" / "scalefactors_json.json").read_text())
+    from matplotlib.image import imread
+
+    img = imread(folder / "spatial" / "tissue_lowres_image.png")[..., :3].astype(np.float32)
+    return pos, truth, xy, scale, img
+
+
+def dlpfc_geometry_slice(
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    n_genes: int = 3000,
+    counts_per_spot: float = 3000.0,
+    marker_fold: tuple[float, float] = (0.3, 0.9),
+    markers_per_layer: int = 15,
+    depth_genes: float = 0.15,
+    depth_slope: float = 0.2,
+    adjacent_mixing: float = 0.25,
+    programs: int = 4,
+    program_strength: float = 0.15,
+    library_sd: float = 0.3,
+    theta: float = 5.0,
+) -> AnnData:
+    """One semi-synthetic slice: real DLPFC geometry + layer map, simulated counts."""
+    folder = Path(folder)
+    pos, truth, xy, scale, img = _read_geometry(folder)
+    rng = np.random.default_rng([seed, int(folder.name)])
+    layers = [l for l in LAYER_ORDER if l in set(truth.dropna())]
+    # Unannotated (NA) spots still need an expression: the nearest annotated spot's layer.
+    known = truth.notna().to_numpy()
+    depth_of = {l: i for i, l in enumerate(layers)}
+    lab = np.full(len(truth), -1)
+    lab[known] = truth[known].map(depth_of).to_numpy()
+    if (~known).any():
+        _, j = cKDTree(xy[known]).query(xy[~known])
+        lab[~known] = lab[known][j]
+    k = len(layers)
+    n = len(lab)
+
+    # Cell type of each spot: its layer, or (with prob adjacent_mixing) an adjacent layer.
+    types = lab.copy()
+    mix = rng.random(n) < adjacent_mixing
+    step = np.where(rng.random(n) < 0.5, -1, 1)
+    types[mix] = np.clip(lab[mix] + step[mix], 0, k - 1)
+
+    log_base = rng.normal(0.0, 1.0, n_genes)
+    log_base += np.log(counts_per_spot) - np.log(np.exp(log_base).sum())
+    effect = np.zeros((k, n_genes))
+    for d in range(k):  # weak markers per layer
+        g = rng.choice(n_genes, markers_per_layer, replace=False)
+        effect[d, g] += rng.uniform(*marker_fold, markers_per_layer)
+    graded = rng.random(n_genes) < depth_genes  # monotone with cortical depth
+    slope = rng.normal(0.0, depth_slope, n_genes) * graded
+    effect += np.arange(k)[:, None] * slope[None, :]
+
+    u = (xy - xy.mean(0)) / np.ptp(xy, 0).max()
+    nuisance = np.zeros((n, n_genes))
+    for _ in range(programs):
+        f = np.zeros(n)
+        for _ in range(3):
+            fr, d, ph = rng.uniform(0.5, 1.5), rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi)
+            f += np.cos(2 * np.pi * fr * (u[:, 0] * np.cos(d) + u[:, 1] * np.sin(d)) + ph)
+        f = (f - f.mean()) / f.std()
+        load = (rng.random(n_genes) < 0.25) * rng.normal(0.0, program_strength, n_genes)
+        nuisance += f[:, None] * load[None, :]
+    lib = rng.normal(0.0, library_sd, n)
+    mu = np.exp(log_base[None, :] + effect[types] + nuisance + lib[:, None])
+    counts = rng.negative_binomial(theta, theta / (theta + mu)).astype(np.float32)
+
+    obs = pd.DataFrame(
+        {
+            "in_tissue": 1,
+            "array_row": pos[2].to_numpy(),
+            "array_col": pos[3].to_numpy(),
+            "ground_truth": pd.Categorical(truth.to_numpy(), categories=layers),
+        },
+        index=pos.index,
+    )
+    names = [f"g{i:04d}" for i in range(n_genes)]
+    adata = AnnData(sp.csr_matrix(counts), obs=obs, var=pd.DataFrame({"gene_ids": names}, index=names))
+    adata.obsm["spatial"] = xy
+    lib_id = f"semisyn_{folder.name}"
+    adata.uns["spatial"] = {lib_id: {"images": {"lowres": img}, "scalefactors": scale, "metadata": {"semisynthetic": True}}}
+    return adata
