@@ -22,7 +22,7 @@ import numpy as np
 
 here = Path(__file__).resolve().parent
 sys.path.insert(0, str(here))
-from semisynthetic import DEV_SLICES, dlpfc_geometry_slice  # noqa: E402
+from semisynthetic import DEV_SLICES, PRESETS, dlpfc_geometry_slice  # noqa: E402
 
 SCORED = {"151673", "151674"}
 
@@ -35,6 +35,7 @@ def main(argv=None) -> None:
     ap.add_argument("--variant", action="append", default=[], help="NAME=override,override")
     ap.add_argument("--summary", action="store_true", help="only summarise --out into results.md")
     ap.add_argument("--out", default=str(here / "results.csv"))
+    ap.add_argument("--preset", default="v1", help="generator preset (semisynthetic.PRESETS); --gen overrides it")
     ap.add_argument("--gen", action="append", default=[], help="generator option KEY=VALUE (see semisynthetic.py)")
     ap.add_argument("--tag", default="", help="free text stored with each row (e.g. the commit)")
     args = ap.parse_args(argv)
@@ -46,7 +47,7 @@ def main(argv=None) -> None:
     if bad:
         ap.error(f"--slices {sorted(bad)} are the scored slices; use dev slices: {', '.join(DEV_SLICES)}")
 
-    gen = {}
+    gen = dict(PRESETS[args.preset])
     for g in args.gen:
         key, _, val = g.partition("=")
         gen[key] = tuple(float(x) for x in val.split(":")) if ":" in val else float(val)

@@ -28,6 +28,13 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 DEV_SLICES = ("151507", "151508", "151509", "151510", "151669", "151670", "151671", "151672", "151675", "151676")
+# Named generator settings (run_dev.py --preset): v1 = the defaults; v2 adds within-layer
+# subtypes and finer nuisance fields so the PCA spectrum decays gradually like the real slices'.
+PRESETS = {
+    "v1": {},
+    "v2": {"subtypes": 2, "subtype_markers": 15, "subtype_fold": (0.15, 0.4), "fine_programs": 8, "fine_strength": 0.07,
+           "depth_slope": 0.12},
+}
 LAYER_ORDER = ("Layer_1", "Layer_2", "Layer_3", "Layer_4", "Layer_5", "Layer_6", "WM")
 
 
@@ -59,8 +66,21 @@ def dlpfc_geometry_slice(
     program_strength: float = 0.15,
     library_sd: float = 0.3,
     theta: float = 5.0,
+    subtypes: int = 0,
+    subtype_markers: int = 30,
+    subtype_fold: tuple[float, float] = (0.2, 0.6),
+    fine_programs: int = 0,
+    fine_strength: float = 0.2,
 ) -> AnnData:
-    """One semi-synthetic slice: real DLPFC geometry + layer map, simulated counts."""
+    """One semi-synthetic slice: real DLPFC geometry + layer map, simulated counts.
+
+    ``subtypes`` > 0 gives every layer that many cell subtypes, each with its own weak markers
+    (``subtype_markers`` genes, log fold ``subtype_fold``), one per spot at random: within-layer
+    heterogeneity. ``fine_programs`` adds that many nuisance fields of higher spatial frequency
+    (1.5-6 cycles per tissue span) with strengths decaying as 1/sqrt(p). Both draw from their own
+    random stream, so the default (0, 0) slices are exactly the earlier ones; the ``PRESETS``
+    name the settings used in ``results.csv``.
+    """
     folder = Path(folder)
     pos, truth, xy, scale, img = _read_geometry(folder)
     rng = np.random.default_rng([seed, int(folder.name)])
@@ -103,7 +123,23 @@ def dlpfc_geometry_slice(
         load = (rng.random(n_genes) < 0.25) * rng.normal(0.0, program_strength, n_genes)
         nuisance += f[:, None] * load[None, :]
     lib = rng.normal(0.0, library_sd, n)
-    mu = np.exp(log_base[None, :] + effect[types] + nuisance + lib[:, None])
+    log_mu = log_base[None, :] + effect[types] + nuisance + lib[:, None]
+    extra = np.random.default_rng([seed, int(folder.name), 2])
+    if subtypes > 0:
+        sub_effect = np.zeros((k * subtypes, n_genes))
+        for t in range(k * subtypes):
+            g = extra.choice(n_genes, subtype_markers, replace=False)
+            sub_effect[t, g] = extra.uniform(*subtype_fold, subtype_markers)
+        log_mu += sub_effect[types * subtypes + extra.integers(subtypes, size=n)]
+    for p in range(fine_programs):
+        f = np.zeros(n)
+        for _ in range(3):
+            fr, d, ph = extra.uniform(1.5, 6.0), extra.uniform(0, 2 * np.pi), extra.uniform(0, 2 * np.pi)
+            f += np.cos(2 * np.pi * fr * (u[:, 0] * np.cos(d) + u[:, 1] * np.sin(d)) + ph)
+        f = (f - f.mean()) / f.std()
+        load = (extra.random(n_genes) < 0.25) * extra.normal(0.0, fine_strength / np.sqrt(p + 1), n_genes)
+        log_mu += f[:, None] * load[None, :]
+    mu = np.exp(log_mu)
     counts = rng.negative_binomial(theta, theta / (theta + mu)).astype(np.float32)
 
     obs = pd.DataFrame(
