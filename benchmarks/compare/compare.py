@@ -102,7 +102,9 @@ def main(argv=None) -> None:
         "- mihd rows: `mihd evaluate experiment=dlpfc_pair` (defaults of this commit; nothing chosen by ARI)\n"
         "- peer rows: `benchmarks/peers/` (own venv, tutorial defaults, scored with `mihd.metrics`); their per-run "
         "details, versions and parameters are in `benchmarks/peers/results.md`\n"
-        "- wall times are on a shared 2-core machine where the peers ran beside the mihd runs: upper bounds\n"
+        "- wall times are on a shared 2-core machine where the peers ran beside the mihd runs: upper bounds. "
+        "GraphST's seed-1 runs shared the cores with mihd runs and 151674 seed 1 was paused (SIGSTOP) for part "
+        "of its run, which its wall time includes; its seed-0 runs (936 s / 1232 s) ran on a quiet machine\n"
     )
     write_text(args.out / "summary.md", text)
     plot_ari(table, args.out / "ari_by_method.png")
