@@ -9,7 +9,7 @@
 # 3. report: benchmarks/compare/{summary.md, results.csv, ari_by_method.png}.
 #
 # Env: PEERS=0 skips step 2 (the report then uses benchmarks/peers/results.csv as it stands);
-# MIHD=0 skips step 1; MIHD_OUT (default evaluations/dlpfc_pair); MIHD_DATA_DIR as everywhere.
+# MIHD=0 skips step 1 (without evaluations/dlpfc_pair/ the mihd rows of the last report are reused); MIHD_OUT (default evaluations/dlpfc_pair); MIHD_DATA_DIR as everywhere.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -23,4 +23,9 @@ fi
 if [ "${PEERS:-1}" = 1 ]; then
   bash "$here/../peers/run_all.sh" || echo "some peer runs failed: see benchmarks/peers/results.md" >&2
 fi
-"$py" "$here/compare.py" --mihd "$out/results.csv" --peers "$here/../peers/results.csv" --out "$here"
+mihd_table="$out/results.csv"
+if [ ! -f "$mihd_table" ]; then  # MIHD=0 in a fresh clone: the mihd rows kept in the last report
+  echo "no $mihd_table: using the mihd rows of $here/results.csv" >&2
+  mihd_table="$here/results.csv"
+fi
+"$py" "$here/compare.py" --mihd "$mihd_table" --peers "$here/../peers/results.csv" --out "$here"
