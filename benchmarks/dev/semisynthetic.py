@@ -51,6 +51,18 @@ def _read_geometry(folder: Path):
     return pos, truth, xy, scale, img
 
 
+def _nuisance_program(u: np.ndarray, rng: np.random.Generator, cycles: tuple[float, float], strength: float, n_genes: int):
+    """(n, genes) log-fold effect of one smooth random field (3 plane waves of ``cycles`` per tissue
+    span, standardised) on a random quarter of the genes, loadings N(0, strength)."""
+    f = np.zeros(len(u))
+    for _ in range(3):
+        fr, d, ph = rng.uniform(*cycles), rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi)
+        f += np.cos(2 * np.pi * fr * (u[:, 0] * np.cos(d) + u[:, 1] * np.sin(d)) + ph)
+    f = (f - f.mean()) / f.std()
+    load = (rng.random(n_genes) < 0.25) * rng.normal(0.0, strength, n_genes)
+    return f[:, None] * load[None, :]
+
+
 def dlpfc_geometry_slice(
     folder: str | Path,
     *,
@@ -115,13 +127,7 @@ def dlpfc_geometry_slice(
     u = (xy - xy.mean(0)) / np.ptp(xy, 0).max()
     nuisance = np.zeros((n, n_genes))
     for _ in range(programs):
-        f = np.zeros(n)
-        for _ in range(3):
-            fr, d, ph = rng.uniform(0.5, 1.5), rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi)
-            f += np.cos(2 * np.pi * fr * (u[:, 0] * np.cos(d) + u[:, 1] * np.sin(d)) + ph)
-        f = (f - f.mean()) / f.std()
-        load = (rng.random(n_genes) < 0.25) * rng.normal(0.0, program_strength, n_genes)
-        nuisance += f[:, None] * load[None, :]
+        nuisance += _nuisance_program(u, rng, (0.5, 1.5), program_strength, n_genes)
     lib = rng.normal(0.0, library_sd, n)
     log_mu = log_base[None, :] + effect[types] + nuisance + lib[:, None]
     extra = np.random.default_rng([seed, int(folder.name), 2])
@@ -132,13 +138,7 @@ def dlpfc_geometry_slice(
             sub_effect[t, g] = extra.uniform(*subtype_fold, subtype_markers)
         log_mu += sub_effect[types * subtypes + extra.integers(subtypes, size=n)]
     for p in range(fine_programs):
-        f = np.zeros(n)
-        for _ in range(3):
-            fr, d, ph = extra.uniform(1.5, 6.0), extra.uniform(0, 2 * np.pi), extra.uniform(0, 2 * np.pi)
-            f += np.cos(2 * np.pi * fr * (u[:, 0] * np.cos(d) + u[:, 1] * np.sin(d)) + ph)
-        f = (f - f.mean()) / f.std()
-        load = (extra.random(n_genes) < 0.25) * extra.normal(0.0, fine_strength / np.sqrt(p + 1), n_genes)
-        log_mu += f[:, None] * load[None, :]
+        log_mu += _nuisance_program(u, extra, (1.5, 6.0), fine_strength / np.sqrt(p + 1), n_genes)
     mu = np.exp(log_mu)
     counts = rng.negative_binomial(theta, theta / (theta + mu)).astype(np.float32)
 
