@@ -37,12 +37,15 @@ Labels = NDArray[np.int64]
 # --------------------------------------------------------------------------- methods
 
 
+_GMM_MANY_STARTS_MAX = 50_000
+
+
 def _gmm(
     X: NDArray[np.float64],
     n_clusters: int,
     *,
     seed: int,
-    n_init: int = 3,
+    n_init: int | None = None,
     reg_covar: float = 1e-6,
     max_iter: int = 200,
     tol: float = 1e-3,
@@ -56,27 +59,36 @@ def _gmm(
     to high precision from 2 x 10^5 cells, and time and memory stop growing with N
     beyond the O(N) assignment. ``None`` fits on every spot.
 
-    ``n_init=3``: each EM start is seeded by one k-means run, so a single start
-    lands in a different local optimum for some seeds; keeping the best of three by
-    likelihood makes the labels far less seed-dependent. On a 3,639 x 30 PCA of
-    DLPFC 151673 (K=7, seeds 0-9), ``n_init=10`` found the same partition for every
-    seed (ARI >= 0.94 between seeds); ``n_init=1`` missed it for 3 seeds (ARI
-    0.53-0.83 to it), ``n_init=3`` for 1. Fits took 0.2, 0.6 and 2.5 s for
-    ``n_init`` 1, 3 and 10. ``reg_covar`` keeps the shared covariance invertible
+    ``n_init`` EM starts, each seeded by one k-means run, keep the best by likelihood;
+    a single start lands in a different local optimum for some seeds. ``None`` (the
+    default) means 10 starts when at most ``_GMM_MANY_STARTS_MAX`` (50,000) spots are
+    fitted and 3 above, where each start costs seconds and the estimates are stable.
+    On a 3,639 x 30 PCA of DLPFC 151673 (K=7, seeds 0-9, no labels involved: ARI
+    between seeds), 10 starts found the same partition for every seed (ARI >= 0.94
+    between seeds); 1 start missed it for 3 seeds (ARI 0.53-0.83 to it), 3 starts for
+    1. On the development set (``benchmarks/dev``, batch ``v2-n_init-sweep``), 10
+    starts instead of 3 raised the smoothed-PCA floor's median ARI from 0.393 to 0.408
+    and its worst run from 0.326 to 0.370. Fits took 0.2, 0.6 and 2.5 s for 1, 3 and
+    10 starts on that slice. ``reg_covar`` keeps the shared covariance invertible
     when embedding dimensions are collinear.
     """
     from sklearn.mixture import GaussianMixture
 
+    sample = _fit_sample(X.shape[0], fit_max_samples, seed)
+    if n_init is None:
+        n_fit = X.shape[0] if sample is None else len(sample)
+        n_init = 10 if n_fit <= _GMM_MANY_STARTS_MAX else 3
+    elif int(n_init) < 1:
+        raise ValueError(f"gmm option n_init must be >= 1 (or null for the default); got {n_init}.")
     gm = GaussianMixture(
         n_components=n_clusters,
         covariance_type="tied",
-        n_init=n_init,
+        n_init=int(n_init),
         reg_covar=reg_covar,
         max_iter=max_iter,
         tol=tol,
         random_state=seed,
     )
-    sample = _fit_sample(X.shape[0], fit_max_samples, seed)
     if sample is None:
         return gm.fit_predict(X).astype(np.int64)
     gm.fit(X[sample])
@@ -471,7 +483,7 @@ def cluster_embedding(
     **options
         Passed to the method:
 
-        * gmm: ``n_init=3``, ``reg_covar=1e-6``, ``max_iter=200``, ``tol=1e-3``,
+        * gmm: ``n_init=None`` (10 up to 50,000 fitted spots, else 3), ``reg_covar=1e-6``, ``max_iter=200``, ``tol=1e-3``,
           ``fit_max_samples=200_000`` (fit on a seeded subsample, assign every spot)
         * kmeans: ``n_init=10``, ``max_iter=300``, ``fit_max_samples=200_000``
         * leiden: ``n_neighbors=15``, ``resolution_range=(1e-3, 1e2)``,

@@ -154,3 +154,31 @@ def test_subsample_then_assign_recovers_blobs_and_is_seeded(method):
 def test_fit_max_samples_must_be_at_least_two(blobs):
     with pytest.raises(ValueError, match="fit_max_samples"):
         cluster_embedding(blobs[0], 5, method="gmm", fit_max_samples=1)
+
+
+def test_gmm_default_starts_depend_on_the_fitted_sample(blobs, monkeypatch):
+    """n_init=None: 10 EM starts up to _GMM_MANY_STARTS_MAX fitted spots, 3 above; an explicit value wins."""
+    import sklearn.mixture
+
+    from mihd import cluster as cl
+
+    seen = []
+    real = sklearn.mixture.GaussianMixture
+
+    class Spy(real):
+        def fit_predict(self, X, y=None):  # GaussianMixture.fit goes through fit_predict
+            seen.append((self.n_init, len(X)))
+            return super().fit_predict(X, y)
+
+    monkeypatch.setattr(sklearn.mixture, "GaussianMixture", Spy)
+    X = blobs[0]
+    cluster_embedding(X, 5, method="gmm")
+    cluster_embedding(X, 5, method="gmm", n_init=2)
+    monkeypatch.setattr(cl, "_GMM_MANY_STARTS_MAX", len(X) - 1)
+    cluster_embedding(X, 5, method="gmm")
+    assert [n for n, _ in seen] == [10, 2, 3]
+
+
+def test_gmm_rejects_fewer_than_one_start(blobs):
+    with pytest.raises(ValueError, match=r"n_init must be >= 1"):
+        cluster_embedding(blobs[0], 5, method="gmm", n_init=0)

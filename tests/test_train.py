@@ -49,7 +49,7 @@ def test_cli_end_to_end_writes_every_output(visium_folder, tmp_path, capsys):
     import anndata as ad
 
     adata = ad.read_h5ad(run_dir / "adata.h5ad")
-    assert adata.obsm["X_mihd_adaln_attention"].shape == (adata.n_obs, 16)
+    assert adata.obsm["X_mihd_adaln_attention"].shape == (adata.n_obs, metrics["config"]["out_dim"])
     assert adata.obs["mihd_adaln_attention_refined"].nunique() <= 3
     # nothing half-written is left behind
     assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
