@@ -30,9 +30,7 @@ from sklearn.mixture import GaussianMixture
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from semisynthetic import PRESETS, dlpfc_geometry_slice  # noqa: E402
-
-SCORED = {"151673", "151674"}
+from semisynthetic import DEV_SLICES, PRESETS, SCORED_SLICES, dlpfc_geometry_slice  # noqa: E402
 
 
 def load(data_dir: Path, slice_id: str, preset: str):
@@ -97,8 +95,9 @@ def main(argv=None) -> None:
     ap.add_argument("--preset", default="v2")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = ap.parse_args(argv)
-    if set(args.slices) & SCORED:
-        ap.error("151673 / 151674 are the scored slices; use development slices")
+    bad = set(args.slices) & SCORED_SLICES
+    if bad:
+        ap.error(f"--slices {sorted(bad)} are the scored slices; use dev slices: {', '.join(DEV_SLICES)}")
     from mihd.cluster import cluster_embedding
 
     rows: dict[str, list[float]] = {}

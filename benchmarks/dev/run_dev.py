@@ -22,9 +22,7 @@ import numpy as np
 
 here = Path(__file__).resolve().parent
 sys.path.insert(0, str(here))
-from semisynthetic import DEV_SLICES, PRESETS, dlpfc_geometry_slice  # noqa: E402
-
-SCORED = {"151673", "151674"}
+from semisynthetic import DEV_SLICES, PRESETS, SCORED_SLICES, dlpfc_geometry_slice  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -43,7 +41,7 @@ def main(argv=None) -> None:
         return summarise(Path(args.out))
     if not args.variant:
         ap.error("give at least one --variant NAME=override,... (or --summary)")
-    bad = set(args.slices) & SCORED
+    bad = set(args.slices) & SCORED_SLICES
     if bad:
         ap.error(f"--slices {sorted(bad)} are the scored slices; use dev slices: {', '.join(DEV_SLICES)}")
 

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
+SCORED_SLICES = frozenset({"151673", "151674"})  # issue 6 scores these: never used here
 DEV_SLICES = ("151507", "151508", "151509", "151510", "151669", "151670", "151671", "151672", "151675", "151676")
 # Named generator settings (run_dev.py --preset): v1 = the defaults; v2 adds within-layer
 # subtypes and finer nuisance fields so the PCA spectrum decays gradually like the real slices'.

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["train", "RunResult", "load_slice", "validate_config", "prepare_slice_inputs", "peak_memory_mib"]
 
+# Fused-embedding width when a config has no `out_dim` (configs/train.yaml sets the same value).
+DEFAULT_OUT_DIM = 32
+
 
 @dataclass
 class RunResult:
@@ -93,7 +96,7 @@ def validate_config(cfg) -> dict:
     _positive_int(cfg, "trainer.max_epochs", minimum=1, default=200)
     if _cfg_get(cfg, "trainer.batch_size") is not None:
         _positive_int(cfg, "trainer.batch_size", minimum=1, hint="spots per step, or null for the full slice")
-    _positive_int(cfg, "out_dim", minimum=2, default=32)
+    _positive_int(cfg, "out_dim", minimum=2, default=DEFAULT_OUT_DIM)
     space = _cfg_get(cfg, "cluster.space", "embedding")
     if space not in ("embedding", "reconstruction"):
         raise ValueError(f"cluster.space={space!r}; use 'embedding' or 'reconstruction'.")
@@ -384,7 +387,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
 
     # ---- model
     _seed_everything(seed)
-    out_dim = int(_cfg_get(cfg, "out_dim", 32))
+    out_dim = int(_cfg_get(cfg, "out_dim", DEFAULT_OUT_DIM))
     fusion = info.cls(prepared.dims, out_dim=out_dim, **_to_dict(_cfg_get(cfg, "fusion.options")))
     train_info = {"epochs": 0, "train_seconds": 0.0}
     plan = None
