@@ -35,6 +35,8 @@ sys.path.insert(0, str(HERE.parent))
 from _machine import cpu_model  # noqa: E402
 
 PEERS = ("GraphST", "SpaGCN")
+# The trained strategy named before the scored runs it is judged on: benchmarks/dev/PREREGISTRATION.md.
+DEV_CHOICE = "cross_attention"
 BASELINES = {"genes_only": "genes averaged over spatial neighbours (smoothed PCA)", "genes_only [raw]": "genes only (PCA)"}
 
 
@@ -66,41 +68,53 @@ def median_difference_interval(a: np.ndarray, b: np.ndarray, n_boot: int = 10_00
     return float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975)), float((d > 0).mean())
 
 
+class _Runs:
+    """Per-method ARI after refinement of a table's ok runs: medians, counts, runs, per-slice medians."""
+
+    def __init__(self, table: pd.DataFrame):
+        ok = table[table["status"] == "ok"]
+        self.med = ok.groupby("method")["ari_after"].median()
+        self.n = ok.groupby("method").size()
+        self.runs = {m: g.to_numpy(float) for m, g in ok.groupby("method")["ari_after"]}
+        self.per_slice = ok.groupby(["method", "slice"])["ari_after"].median().unstack()
+        self.seeds = {m: sorted(set(g.astype(int))) for m, g in ok.groupby("method")["seed"]}
+
+    def describe(self, m: str) -> str:
+        slices = ", ".join(f"{s} {v:.3f}" for s, v in self.per_slice.loc[m].dropna().items())
+        return f"{self.med[m]:.3f} (n={self.n[m]}; per slice: {slices})"
+
+
+def _against(a: _Runs, m: str, b: _Runs, others: list[str], seeds_note: bool = False) -> list[str]:
+    """One line per other method: median difference, its bootstrap interval, and the noise flag."""
+    out = []
+    for other in others:
+        diff = a.med[m] - b.med[other]
+        lo, hi, share = median_difference_interval(a.runs[m], b.runs[other])
+        word = "ahead of" if diff > 0 else "behind" if diff < 0 else "tied with"
+        noise = " (within the seed noise: the interval spans 0)" if lo <= 0 <= hi else ""
+        seeds = f" seeds {','.join(map(str, b.seeds[other]))}," if seeds_note else ""
+        out.append(
+            f"  - {word} {other}:{seeds} {b.describe(other)}; difference {diff:+.3f}, "
+            f"95 % bootstrap interval [{lo:+.3f}, {hi:+.3f}], higher in {share:.0%} of resamples{noise}"
+        )
+    return out
+
+
 def verdict(table: pd.DataFrame, dev_choice: str | None = None) -> list[str]:
     """Where the best trained mihd fusion (and the one chosen beforehand on the development set)
     stands against each peer and baseline: median ARI after refinement over all ok runs (slices x
     seeds), per slice, and a bootstrap interval of the difference, so a gap inside the seed noise is
     called that."""
-    ok = table[table["status"] == "ok"]
-    med = ok.groupby("method")["ari_after"].median()
-    n = ok.groupby("method").size()
-    runs = {m: g.to_numpy(float) for m, g in ok.groupby("method")["ari_after"]}
-    per_slice = ok.groupby(["method", "slice"])["ari_after"].median().unstack()
-    peers = {m for m in med.index if m in PEERS}
-    base = {m for m in med.index if m in BASELINES}
-    trained = med.drop(list(peers | base), errors="ignore")
+    r = _Runs(table)
+    peers = {m for m in r.med.index if m in PEERS}
+    base = {m for m in r.med.index if m in BASELINES}
+    others = sorted(peers | base)
+    trained = r.med.drop(list(peers | base), errors="ignore")
     if trained.empty:
         return ["- no trained mihd fusion has finished runs yet"]
-
-    def slices(m: str) -> str:
-        return ", ".join(f"{s} {v:.3f}" for s, v in per_slice.loc[m].dropna().items())
-
-    def against(m: str) -> list[str]:
-        out = []
-        for other in sorted(peers | base):
-            diff = med[m] - med[other]
-            lo, hi, share = median_difference_interval(runs[m], runs[other])
-            word = "ahead of" if diff > 0 else "behind" if diff < 0 else "tied with"
-            noise = " (within the seed noise: the interval spans 0)" if lo <= 0 <= hi else ""
-            out.append(
-                f"  - {word} {other}: {med[other]:.3f} (n={n[other]}; per slice: {slices(other)}); difference {diff:+.3f}, "
-                f"95 % bootstrap interval [{lo:+.3f}, {hi:+.3f}], higher in {share:.0%} of resamples{noise}"
-            )
-        return out
-
     best = trained.idxmax()
-    lines = [f"- best trained mihd strategy by median ARI: **{best}** {med[best]:.3f} (n={n[best]}; per slice: {slices(best)})"]
-    lines += against(best)
+    lines = [f"- best trained mihd strategy by median ARI: **{best}** {r.describe(best)}"]
+    lines += _against(r, best, r, others)
     lines.append(
         f"  - note: picking the best of {len(trained)} trained strategies on these same runs favours it (winner's "
         "curse); the row below is the strategy named beforehand, on the development set"
@@ -111,11 +125,30 @@ def verdict(table: pd.DataFrame, dev_choice: str | None = None) -> list[str]:
         else:
             lines.append(
                 f"- strategy chosen beforehand on the development set (`benchmarks/dev`): **{dev_choice}** "
-                f"{med[dev_choice]:.3f} (n={n[dev_choice]}; per slice: {slices(dev_choice)}; rank {int((trained > med[dev_choice]).sum()) + 1} "
-                f"of {len(trained)} trained)"
+                f"{r.describe(dev_choice)}; rank {int((trained > r.med[dev_choice]).sum()) + 1} of {len(trained)} trained"
             )
-            lines += against(dev_choice)
+            lines += _against(r, dev_choice, r, others)
     return lines
+
+
+def confirmatory(confirm: pd.DataFrame, table: pd.DataFrame, dev_choice: str) -> list[str]:
+    """The pre-registered test (benchmarks/dev/PREREGISTRATION.md): the development-set choice on
+    fresh seeds, against the floor and the raw baseline on the same fresh seeds and the peers'
+    runs of the main table."""
+    c, r = _Runs(confirm), _Runs(table)
+    if dev_choice not in c.med.index:
+        return [f"- no finished confirmatory run of {dev_choice} in the confirmatory table"]
+    seeds = ",".join(map(str, c.seeds[dev_choice]))
+    lines = [f"- **{dev_choice}** on fresh seeds {seeds}: {c.describe(dev_choice)}"]
+    lines += _against(c, dev_choice, c, sorted(m for m in c.med.index if m in BASELINES), seeds_note=True)
+    lines += _against(c, dev_choice, r, sorted(m for m in r.med.index if m in PEERS), seeds_note=True)
+    return lines
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(path)
 
 
 def main(argv=None) -> None:
@@ -126,17 +159,31 @@ def main(argv=None) -> None:
     ap.add_argument("--command", default="bash benchmarks/compare/run.sh")
     ap.add_argument(
         "--dev-choice",
-        default="cross_attention",
-        help="the trained strategy named beforehand on the development set (benchmarks/dev/README.md), reported beside the best",
+        default=DEV_CHOICE,
+        help="the trained strategy named beforehand on the development set (benchmarks/dev/PREREGISTRATION.md), reported beside the best",
+    )
+    ap.add_argument(
+        "--confirm",
+        type=Path,
+        default=None,
+        help="mihd evaluate results.csv of the pre-registered confirmatory run (fresh seeds; experiment=dlpfc_confirm)",
     )
     args = ap.parse_args(argv)
     table = load(args.mihd + args.peers)
+    confirm = load([args.confirm]) if args.confirm else None
     args.out.mkdir(parents=True, exist_ok=True)
-    tmp = args.out / "results.csv.tmp"
-    table.to_csv(tmp, index=False)
-    tmp.replace(args.out / "results.csv")
+    _write_csv(table, args.out / "results.csv")
+    if confirm is not None:
+        _write_csv(confirm, args.out / "confirm_results.csv")
     text = summary_markdown(table, title="mihd vs GraphST and SpaGCN on DLPFC", command=args.command)
     text += "\n## Verdict (computed from the table above)\n\n" + "\n".join(verdict(table, args.dev_choice)) + "\n"
+    if confirm is not None:
+        text += (
+            "\n## Confirmatory run (pre-registered in `benchmarks/dev/PREREGISTRATION.md`)\n\n"
+            "The strategy was picked by a rule fixed before its development batch ran; it ran here on seeds that "
+            "no method had run before (`mihd evaluate experiment=dlpfc_confirm`). The peers' rows are their runs "
+            "of the main table.\n\n" + "\n".join(confirmatory(confirm, table, args.dev_choice)) + "\n"
+        )
     text += (
         "\n## Baselines\n\n"
         + "\n".join(f"- `{m}`: {d}, clustered and refined exactly like every fusion" for m, d in BASELINES.items())

@@ -4,21 +4,26 @@
 #   bash benchmarks/compare/run.sh
 #
 # 1. mihd: `mihd evaluate experiment=dlpfc_pair` (151673 + 151674 x 5 seeds x every registered fusion,
-#    plus `genes_only [raw]`) into evaluations/dlpfc_pair/;
+#    plus `genes_only [raw]`) into evaluations/dlpfc_pair/, then the pre-registered confirmatory run
+#    `mihd evaluate experiment=dlpfc_confirm` (fresh seeds 5-9; benchmarks/dev/PREREGISTRATION.md)
+#    into evaluations/dlpfc_confirm/;
 # 2. peers: benchmarks/peers/run_all.sh (GraphST, SpaGCN in their own venv, same slices, K and seeds);
 # 3. report: benchmarks/compare/{summary.md, results.csv, ari_by_method.png}.
 #
 # Env: PEERS=0 skips step 2 (the report then uses benchmarks/peers/results.csv as it stands);
-# MIHD=0 skips step 1 (without evaluations/dlpfc_pair/ the mihd rows of the last report are reused); MIHD_OUT (default evaluations/dlpfc_pair); MIHD_DATA_DIR as everywhere.
+# MIHD=0 skips step 1 (without evaluations/dlpfc_pair/ the mihd rows of the last report are reused);
+# MIHD_OUT (default evaluations/dlpfc_pair), CONFIRM_OUT (default evaluations/dlpfc_confirm); MIHD_DATA_DIR as everywhere.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 cd "$root"
 py="${MIHD_PY:-$root/.venv/bin/python}"
 out="${MIHD_OUT:-evaluations/dlpfc_pair}"
+confirm_out="${CONFIRM_OUT:-evaluations/dlpfc_confirm}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 if [ "${MIHD:-1}" = 1 ]; then
   "$py" -m mihd.cli evaluate experiment=dlpfc_pair "out_dir=$out"
+  "$py" -m mihd.cli evaluate experiment=dlpfc_confirm "out_dir=$confirm_out"
 fi
 if [ "${PEERS:-1}" = 1 ]; then
   bash "$here/../peers/run_all.sh" || echo "some peer runs failed: see benchmarks/peers/results.md" >&2
@@ -28,4 +33,11 @@ if [ ! -f "$mihd_table" ]; then  # MIHD=0 in a fresh clone: the mihd rows kept i
   echo "no $mihd_table: using the mihd rows of $here/results.csv" >&2
   mihd_table="$here/results.csv"
 fi
-"$py" "$here/compare.py" --mihd "$mihd_table" --peers "$here/../peers/results.csv" --out "$here"
+confirm=()
+if [ -f "$confirm_out/results.csv" ]; then
+  confirm=(--confirm "$confirm_out/results.csv")
+elif [ -f "$here/confirm_results.csv" ]; then  # MIHD=0 in a fresh clone: the rows kept in the last report
+  echo "no $confirm_out/results.csv: using the confirmatory rows of $here/confirm_results.csv" >&2
+  confirm=(--confirm "$here/confirm_results.csv")
+fi
+"$py" "$here/compare.py" --mihd "$mihd_table" --peers "$here/../peers/results.csv" "${confirm[@]}" --out "$here"

@@ -1,0 +1,171 @@
+"""Label-free clustering objectives on the smoothed gene PCs of the development set.
+
+Development slices only (never 151673 / 151674). Features are prepared exactly as in
+`diagnose_clustering.py` (the smoothed-PCA floor's input); each variant is scored after the
+same 6-NN majority refinement.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dev/explore_clustering.py [--slices ...] [--seeds ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from diagnose_clustering import load, score  # noqa: E402
+from semisynthetic import DEV_SLICES, SCORED_SLICES  # noqa: E402
+
+
+def adjacency(nb: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Symmetric count of kNN edges between clusters (diagonal zeroed)."""
+    n = nb.shape[0]
+    rows = np.repeat(labels, nb.shape[1] - 1)
+    cols = labels[nb[:, 1:]].ravel()
+    a = sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(k, k)).toarray()
+    a = a + a.T
+    np.fill_diagonal(a, 0)
+    return a
+
+
+def merge(x, labels, nb, k_target, *, metric="ward", need_adjacent=True, prec=None):
+    """Greedy agglomeration of over-split clusters down to k_target."""
+    labels = labels.copy()
+    groups = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    while len(groups) > k_target:
+        keys = sorted(groups)
+        idx = {c: i for i, c in enumerate(keys)}
+        lab = np.empty_like(labels)
+        for c, m in groups.items():
+            lab[m] = idx[c]
+        a = adjacency(nb, lab, len(keys))
+        sizes = np.array([groups[c].size for c in keys], float)
+        means = np.stack([x[groups[c]].mean(0) for c in keys])
+        diff = means[:, None] - means[None]
+        if prec is not None:
+            d2 = np.einsum("abf,fg,abg->ab", diff, prec, diff)
+        else:
+            d2 = (diff**2).sum(-1)
+        if metric == "ward":
+            cost = sizes[:, None] * sizes[None] / (sizes[:, None] + sizes[None]) * d2
+        elif metric == "centroid":
+            cost = d2.copy()
+        elif metric == "ward_over_contact":
+            bnd = a.sum(1)
+            frac = a / np.minimum(bnd[:, None], bnd[None]).clip(1)
+            cost = sizes[:, None] * sizes[None] / (sizes[:, None] + sizes[None]) * d2 / (frac + 1e-3)
+        else:
+            raise ValueError(metric)
+        np.fill_diagonal(cost, np.inf)
+        if need_adjacent:
+            cost[a == 0] = np.inf
+            if not np.isfinite(cost).any():
+                cost = sizes[:, None] * sizes[None] / (sizes[:, None] + sizes[None]) * d2
+                np.fill_diagonal(cost, np.inf)
+        i, j = np.unravel_index(np.argmin(cost), cost.shape)
+        ci, cj = keys[i], keys[j]
+        groups[ci] = np.concatenate([groups[ci], groups.pop(cj)])
+    out = np.empty_like(labels)
+    for t, c in enumerate(sorted(groups)):
+        out[groups[c]] = t
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=os.environ.get("MIHD_DATA_DIR", str(HERE.parents[2] / "shared" / "data")))
+    ap.add_argument("--slices", nargs="+", default=list(DEV_SLICES))
+    ap.add_argument("--preset", default="v2")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--only", nargs="*", default=None)
+    args = ap.parse_args(argv)
+    bad = set(args.slices) & SCORED_SLICES
+    if bad:
+        ap.error(f"--slices {sorted(bad)} are the scored slices")
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.mixture import GaussianMixture
+
+    from mihd.cluster import cluster_embedding
+
+    rows: dict[str, list[float]] = {}
+
+    def gmm_over(x, k, sd, factor):
+        g = GaussianMixture(factor * k, covariance_type="tied", n_init=3, random_state=sd).fit(x)
+        return g.predict(x), np.linalg.inv(g.covariances_ + 1e-6 * np.eye(x.shape[1]))
+
+    variants = {
+        "floor gmm n10": lambda d, x, k, sd: cluster_embedding(x, k, method="gmm", seed=sd),
+        "kmeans": lambda d, x, k, sd: cluster_embedding(x, k, method="kmeans", seed=sd),
+        "spatial ward (spots, 6-NN connectivity)": lambda d, x, k, sd: AgglomerativeClustering(
+            k, connectivity=knn_graph(d["nb"]), linkage="ward"
+        ).fit_predict(x),
+        "gmm 2K -> ward merge, adjacent": lambda d, x, k, sd: merge(x, gmm_over(x, k, sd, 2)[0], d["nb"], k),
+        "gmm 3K -> ward merge, adjacent": lambda d, x, k, sd: merge(x, gmm_over(x, k, sd, 3)[0], d["nb"], k),
+        "gmm 3K -> mahalanobis ward, adjacent": lambda d, x, k, sd: _maha(x, k, sd, d),
+        "gmm 3K -> ward merge, any": lambda d, x, k, sd: merge(x, gmm_over(x, k, sd, 3)[0], d["nb"], k, need_adjacent=False),
+        "gmm 3K -> ward/contact": lambda d, x, k, sd: merge(x, gmm_over(x, k, sd, 3)[0], d["nb"], k, metric="ward_over_contact"),
+        "kmeans 5K -> ward merge, adjacent": lambda d, x, k, sd: merge(
+            x, cluster_embedding(x, 5 * k, method="kmeans", seed=sd), d["nb"], k
+        ),
+        "consensus of 20 single-start GMMs (one-hot -> kmeans)": lambda d, x, k, sd: consensus(x, k, sd, 20, soft=False),
+        "consensus of 20 single-start GMMs (posteriors -> kmeans)": lambda d, x, k, sd: consensus(x, k, sd, 20, soft=True),
+        "consensus of 10 3-start GMMs (one-hot -> kmeans)": lambda d, x, k, sd: consensus(x, k, sd, 10, soft=False, n_init=3),
+        "gmm full cov": lambda d, x, k, sd: GaussianMixture(k, covariance_type="full", n_init=10, random_state=sd).fit_predict(x),
+        "gmm on PCs 1-10": lambda d, x, k, sd: cluster_embedding(x[:, :10], k, method="gmm", seed=sd),
+    }
+
+    def _maha(x, k, sd, d):
+        lab, prec = gmm_over(x, k, sd, 3)
+        return merge(x, lab, d["nb"], k, prec=prec)
+
+    if args.only:
+        variants = {n: f for n, f in variants.items() if any(o in n for o in args.only)}
+    for s in args.slices:
+        d = load(Path(args.data_dir), s, args.preset)
+        x, k = d["gene"], d["k"]
+        line = []
+        for name, fn in variants.items():
+            t = time.time()
+            seeds = args.seeds if "ward (spots" not in name else args.seeds[:1]
+            vals = [score(d, fn(d, x, k, sd)) for sd in seeds]
+            if "ward (spots" in name:
+                vals = vals * len(args.seeds)
+            rows.setdefault(name, []).extend(vals)
+            line.append(f"{name}: {np.round(vals, 3)} ({time.time() - t:.0f}s)")
+        print(f"{s} (K={k}):\n  " + "\n  ".join(line), flush=True)
+    print("\n| variant | median | mean | min | n |\n|---|---|---|---|---|")
+    for name, v in rows.items():
+        a = np.asarray(v)
+        print(f"| {name} | {np.median(a):.3f} | {a.mean():.3f} | {a.min():.3f} | {len(a)} |")
+
+
+def consensus(x, k, seed, runs, *, soft, n_init=1):
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
+
+    blocks = []
+    for r in range(runs):
+        g = GaussianMixture(k, covariance_type="tied", n_init=n_init, random_state=seed * 1000 + r).fit(x)
+        if soft:
+            blocks.append(g.predict_proba(x))
+        else:
+            blocks.append(np.eye(k)[g.predict(x)])
+    h = np.hstack(blocks)
+    return KMeans(k, n_init=10, random_state=seed).fit_predict(h)
+
+
+def knn_graph(nb):
+    n = nb.shape[0]
+    g = sparse.csr_matrix((np.ones(nb[:, 1:].size), (np.repeat(np.arange(n), nb.shape[1] - 1), nb[:, 1:].ravel())), shape=(n, n))
+    return g + g.T
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The issue-6 comparison report (benchmarks/compare/compare.py): its verdict and the confirmatory section."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mihd._config import compose
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compare():
+    path = ROOT / "benchmarks" / "compare" / "compare.py"
+    spec = importlib.util.spec_from_file_location("mihd_compare_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _table(levels: dict[str, list[float]], seeds=range(5), variant="default") -> pd.DataFrame:
+    rows = []
+    for method, values in levels.items():
+        fusion, _, var = method.partition(" [")
+        for (slice_name, seed), ari in zip(((s, k) for s in ("dlpfc_151673", "dlpfc_151674") for k in seeds), values):
+            rows.append({"run_id": f"{method}-{slice_name}-{seed}", "status": "ok", "slice": slice_name, "fusion": fusion,
+                         "variant": var.rstrip("]") or variant, "seed": seed, "ari_after": ari})
+    t = pd.DataFrame(rows)
+    t["method"] = t["fusion"].where(t["variant"] == "default", t["fusion"] + " [" + t["variant"] + "]")
+    return t
+
+
+def test_median_difference_interval_is_seeded_and_separates_clear_gaps(compare):
+    rng = np.random.default_rng(0)
+    a, b = 0.6 + 0.01 * rng.standard_normal(10), 0.4 + 0.01 * rng.standard_normal(10)
+    assert compare.median_difference_interval(a, b) == compare.median_difference_interval(a, b)
+    lo, hi, share = compare.median_difference_interval(a, b)
+    assert 0.15 < lo < hi < 0.25 and share == 1.0
+    lo, hi, share = compare.median_difference_interval(a, a[::-1])
+    assert lo <= 0 <= hi and 0.2 < share < 0.8
+
+
+def test_verdict_flags_a_lead_inside_the_seed_noise(compare):
+    rng = np.random.default_rng(1)
+    noisy = list(0.60 + 0.05 * rng.standard_normal(10))
+    table = _table({"gated": noisy, "concat": [0.5] * 10, "genes_only": list(np.array(noisy)[::-1] - 0.001),
+                    "GraphST": [0.3] * 10})
+    lines = compare.verdict(table, dev_choice="concat")
+    assert "**gated**" in lines[0]
+    floor = next(line for line in lines[:4] if "genes_only" in line)
+    graphst = next(line for line in lines[:4] if "GraphST" in line)
+    assert "within the seed noise" in floor and "within the seed noise" not in graphst
+    assert any("**concat**" in line and "rank 2 of 2 trained" in line for line in lines)
+
+
+def test_confirmatory_section_uses_fresh_seeds_for_baselines_and_the_main_table_for_peers(compare):
+    main = _table({"gated": [0.6] * 10, "genes_only": [0.5] * 10, "GraphST": [0.55] * 10})
+    fresh = _table({"gated": [0.7] * 10, "genes_only": [0.4] * 10}, seeds=range(5, 10))
+    lines = compare.confirmatory(fresh, main, "gated")
+    assert "fresh seeds 5,6,7,8,9" in lines[0] and "0.700" in lines[0]
+    floor = next(line for line in lines if "genes_only" in line)
+    graphst = next(line for line in lines if "GraphST" in line)
+    assert "seeds 5,6,7,8,9" in floor and "difference +0.300" in floor
+    assert "seeds 0,1,2,3,4" in graphst and "difference +0.150" in graphst
+    assert "no finished confirmatory run" in compare.confirmatory(fresh, main, "film")[0]
+
+
+def test_the_confirmatory_experiment_runs_fresh_seeds_and_the_pre_registered_choice(compare):
+    pair, confirm = compose("evaluate", ["experiment=dlpfc_pair"]), compose("evaluate", ["experiment=dlpfc_confirm"])
+    assert list(confirm.slices) == list(pair.slices)
+    assert len(confirm.seeds) == 5 and not set(confirm.seeds) & set(pair.seeds)
+    assert set(confirm.fusions) == {compare.DEV_CHOICE, "genes_only"}
