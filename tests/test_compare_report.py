@@ -75,3 +75,20 @@ def test_the_confirmatory_experiment_runs_fresh_seeds_and_the_pre_registered_cho
     assert list(confirm.slices) == list(pair.slices)
     assert len(confirm.seeds) == 5 and not set(confirm.seeds) & set(pair.seeds)
     assert set(confirm.fusions) == {compare.DEV_CHOICE, "genes_only"}
+
+
+def test_the_pre_registered_rule_picks_by_median_then_mean_then_worst_run():
+    path = ROOT / "benchmarks" / "dev" / "select_strategy.py"
+    spec = importlib.util.spec_from_file_location("mihd_select_strategy", path)
+    select = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(select)
+
+    def rows(**levels):
+        return pd.DataFrame([{"variant": v, "ari_after": a} for v, values in levels.items() for a in values])
+
+    stats = select.per_variant(rows(floor=[0.9] * 3, a=[0.40, 0.50, 0.60], b=[0.30, 0.45, 0.90], c=[0.2, 0.3, 0.4]))
+    assert select.choose(stats) == "a"  # the floor is never chosen, and b's higher mean does not beat a higher median
+    stats = select.per_variant(rows(a=[0.40, 0.50, 0.60], b=[0.30, 0.4995, 0.90]))
+    assert select.choose(stats) == "b"  # medians within 0.001: the higher mean
+    stats = select.per_variant(rows(a=[0.25, 0.5, 0.75], b=[0.375, 0.5, 0.625]))  # exact in binary
+    assert select.choose(stats) == "b"  # same median and mean: the higher worst run

@@ -1,0 +1,75 @@
+"""Apply the pre-registered selection rule (PREREGISTRATION.md) to a development batch.
+
+Reads ``results.csv`` (development slices only), keeps the rows of one batch tag, and among the
+trained fusions (every variant but the floor) picks the highest median ARI after refinement; within
+0.001, the higher mean; then the higher worst run. Nothing from the scored slices is read unless
+``--scored`` is given, and then only *after* the choice, to print how well the development ranking
+predicted the scored one (a diagnostic of the development set, never an input to the choice).
+
+    .venv/bin/python benchmarks/dev/select_strategy.py --tag v2-zoo-prereg
+    .venv/bin/python benchmarks/dev/select_strategy.py --tag v2-zoo-prereg --scored benchmarks/compare/results.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+FLOOR = "floor"
+TIE = 0.001
+
+
+def per_variant(rows: pd.DataFrame) -> pd.DataFrame:
+    g = rows.groupby("variant")["ari_after"]
+    return pd.DataFrame({"median": g.median(), "mean": g.mean(), "min": g.min(), "sd": g.std(), "n": g.size()})
+
+
+def choose(stats: pd.DataFrame) -> str:
+    """The rule: highest median; within TIE of the best median, the higher mean, then the higher min."""
+    trained = stats.drop(FLOOR, errors="ignore")
+    if trained.empty:
+        raise SystemExit("no trained variant in this batch")
+    close = trained[trained["median"] >= trained["median"].max() - TIE]
+    return str(close.sort_values(["mean", "min"], ascending=False).index[0])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=HERE / "results.csv")
+    ap.add_argument("--tag", required=True)
+    ap.add_argument("--scored", type=Path, default=None, help="benchmarks/compare/results.csv, read after the choice")
+    args = ap.parse_args(argv)
+    rows = pd.read_csv(args.results)
+    rows = rows[rows["tag"] == args.tag]
+    if rows.empty:
+        raise SystemExit(f"{args.results}: no rows with tag {args.tag!r}")
+    cells = rows.groupby("variant").apply(lambda g: len(set(zip(g["slice"], g["seed"]))), include_groups=False)
+    if cells.nunique() != 1:
+        raise SystemExit(f"the batch is incomplete: slice x seed cells per variant differ: {cells.to_dict()}")
+    stats = per_variant(rows).sort_values("median", ascending=False)
+    pick = choose(stats)
+    print(f"batch {args.tag}: {rows['slice'].nunique()} slices x {rows['seed'].nunique()} seeds, {int(cells.iloc[0])} runs per variant\n")
+    print("| variant | median | mean | sd | min | n |\n|---|---|---|---|---|---|")
+    for v, r in stats.iterrows():
+        mark = " (chosen)" if v == pick else " (floor)" if v == FLOOR else ""
+        print(f"| {v}{mark} | {r['median']:.3f} | {r['mean']:.3f} | {r['sd']:.3f} | {r['min']:.3f} | {int(r['n'])} |")
+    print(f"\nchosen by the pre-registered rule: {pick}")
+    if args.scored is not None:
+        scored = pd.read_csv(args.scored)
+        scored = scored[(scored["status"] == "ok") & (scored["method"].isin(stats.index) | (scored["method"] == "genes_only"))]
+        med = scored.groupby("method")["ari_after"].median().rename({"genes_only": FLOOR})
+        both = stats.join(med.rename("scored"), how="inner")
+        rho = both["median"].rank().corr(both["scored"].rank())
+        print(f"\ndiagnostic, after the choice: Spearman correlation of development and scored medians over "
+              f"{len(both)} methods: {rho:.2f}")
+        for v, r in both.sort_values("scored", ascending=False).iterrows():
+            print(f"  {v:16s} dev {r['median']:.3f}  scored {r['scored']:.3f}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
