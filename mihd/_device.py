@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 _VALID = ("auto", "cpu", "cuda", "mps")
@@ -38,3 +40,22 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device={device!r} was requested but MPS is not available; use device=auto or cpu.")
     return torch.device(name)
+
+
+@contextmanager
+def keep_torch_threads():
+    """Restore torch's intra-op thread count on exit.
+
+    scanpy's numba kernels (``normalize_total``, ...) run on numba's OpenMP threading layer,
+    which sets the process-wide OpenMP thread count to ``NUMBA_NUM_THREADS`` (every core by
+    default); torch's CPU wheel shares that OpenMP runtime, so after a scanpy call torch would
+    silently use every core whatever ``OMP_NUM_THREADS`` or ``torch.set_num_threads`` said.
+    With two runs side by side on a 2-core machine that oversubscription, in OpenMP's spinning
+    barriers, made training 3-10x slower (2026-11-21, `benchmarks/dev`).
+    """
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)

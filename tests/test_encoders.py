@@ -196,3 +196,26 @@ def test_fullres_image_is_preferred_and_used(tiny_slice, tmp_path):
     # a different full-res file is a different cache entry
     tifffile.imwrite(tmp_path / "full.tif", 255 - full)
     assert not prepare_inputs(adata, cache_dir=tmp_path / "cache").meta["cache_hit"]
+
+
+def test_prepare_inputs_leaves_torch_on_the_thread_count_it_found(tiny_slice, monkeypatch):
+    # scanpy's numba kernels reset the shared OpenMP thread count to every core on some
+    # inputs (seen on the development slices); an encoder that does the same stands in here.
+    import torch
+
+    from mihd.encoders import _registry
+    from mihd.encoders.pca import PCAGeneEncoder
+
+    class ThreadResettingPCA(PCAGeneEncoder):
+        def encode(self, adata):
+            torch.set_num_threads(torch.get_num_threads() + 1)
+            return super().encode(adata)
+
+    monkeypatch.setitem(_registry._REGISTRIES["gene"], "thread_resetting_pca", ThreadResettingPCA)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        prepare_inputs(tiny_slice, gene="thread_resetting_pca", image=None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._device import keep_torch_threads
 from .._io import atomic_write
 from ..encoders import extract_patches, get_gene_encoder, get_image_encoder, patch_geometry, read_fullres
 
@@ -225,13 +226,14 @@ def prepare_inputs(
     if image_enc is not None and not patch_free:  # fail on a bad image setup before the gene PCA, not after
         _, entry = _spatial_entry(adata)
         patch_geometry(entry.get("scalefactors", {}), _available_images(entry), context=patch_context)
-    feats = {"gene": gene_enc.encode(adata)}
-    if patch_free:
-        feats["image"] = image_enc.encode_obs(adata.obs_names)
-    elif image_enc is not None:
-        feats["image"], outside, info = _encode_image(adata, image_enc, context=patch_context, patch_px=patch_px, batch_size=batch_size)
-        meta.update(info)
-        meta["n_patches_padded"] = int(outside.sum())
+    with keep_torch_threads():  # scanpy's numba kernels would leave torch on every core
+        feats = {"gene": gene_enc.encode(adata)}
+        if patch_free:
+            feats["image"] = image_enc.encode_obs(adata.obs_names)
+        elif image_enc is not None:
+            feats["image"], outside, info = _encode_image(adata, image_enc, context=patch_context, patch_px=patch_px, batch_size=batch_size)
+            meta.update(info)
+            meta["n_patches_padded"] = int(outside.sum())
     for m, x in feats.items():
         if not np.isfinite(x).all():
             raise ValueError(f"the {m} encoder produced non-finite features; check the input counts/image.")
