@@ -36,7 +36,7 @@ from _machine import cpu_model  # noqa: E402
 
 PEERS = ("GraphST", "SpaGCN")
 # The trained strategy named before the scored runs it is judged on: benchmarks/dev/PREREGISTRATION.md.
-DEV_CHOICE = "cross_attention"
+DEV_CHOICE = "gated"
 BASELINES = {"genes_only": "genes averaged over spatial neighbours (smoothed PCA)", "genes_only [raw]": "genes only (PCA)"}
 
 
