@@ -97,6 +97,19 @@ def test_coordless_data_works_for_fusions_without_coords(tiny_slice, tmp_path):
     assert result.metrics["modalities"] == {"gene": 30}
 
 
+def test_context_neighbors_stacks_a_wider_gene_mean(tiny_slice, tmp_path):
+    base = ["data=h5ad", "data.path=unused", "data.n_domains=3", "trainer=fast", f"run_dir={tmp_path}"]
+    plain = train(compose("train", ["fusion=genes_only", *base]), adata=tiny_slice.copy(), write=False)
+    wide = train(compose("train", ["fusion=genes_only", "+spatial.context_neighbors=18", *base]), adata=tiny_slice.copy(), write=False)
+    assert plain.metrics["modalities"]["gene"] == 30 and wide.metrics["modalities"]["gene"] == 60
+    e_plain, e_wide = plain.adata.obsm["X_mihd_genes_only"], wide.adata.obsm["X_mihd_genes_only"]
+    np.testing.assert_allclose(e_wide[:, :30], e_plain, rtol=1e-5, atol=1e-6)  # the 6-NN mean is kept as it was
+    assert np.abs(e_wide[:, 30:] - e_plain).mean() > 1e-3  # the wider mean is a different, smoother view
+    assert e_wide[:, 30:].std(0).mean() < e_plain.std(0).mean()
+    trained = train(compose("train", ["fusion=concat", "+spatial.context_neighbors=18", *base]), adata=tiny_slice.copy(), write=False)
+    assert trained.metrics["modalities"]["gene"] == 60
+
+
 def test_unknown_fusion_lists_registered(capsys):
     assert main(["train", "fusion=nope"]) == 1
     err = capsys.readouterr().err
@@ -175,6 +188,8 @@ def test_tl_cluster_domains_and_refine_on_anndata(tiny_slice):
         ("data.n_domains=seven", "data.n_domains"),
         ("trainer.modality_weights.imgae=1", "imgae"),
         ("cluster.space=umap", "cluster.space"),
+        ("+spatial.context_neighbors=6", "spatial.context_neighbors"),
+        ("+spatial.context_neighbors=wide", "spatial.context_neighbors"),
     ],
 )
 def test_bad_options_stop_before_reading_or_training(override, named, capsys, monkeypatch):

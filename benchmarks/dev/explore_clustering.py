@@ -117,6 +117,10 @@ def main(argv=None) -> None:
         "consensus of 20 single-start GMMs (one-hot -> kmeans)": lambda d, x, k, sd: consensus(x, k, sd, 20, soft=False),
         "consensus of 20 single-start GMMs (posteriors -> kmeans)": lambda d, x, k, sd: consensus(x, k, sd, 20, soft=True),
         "consensus of 10 3-start GMMs (one-hot -> kmeans)": lambda d, x, k, sd: consensus(x, k, sd, 10, soft=False, n_init=3),
+        "l2-normalised spots": lambda d, x, k, sd: cluster_embedding(x / np.linalg.norm(x, axis=1, keepdims=True), k, method="gmm", seed=sd),
+        "quantile-normal per PC": lambda d, x, k, sd: cluster_embedding(_quantile(x), k, method="gmm", seed=sd),
+        "multi-scale: 6-NN and 18-NN means stacked": lambda d, x, k, sd: cluster_embedding(np.hstack([x, _smooth(d, 18)]), k, method="gmm", seed=sd),
+        "diagonal-covariance GMM": lambda d, x, k, sd: GaussianMixture(k, covariance_type="diag", n_init=10, random_state=sd).fit_predict(x),
         "gmm full cov": lambda d, x, k, sd: GaussianMixture(k, covariance_type="full", n_init=10, random_state=sd).fit_predict(x),
         "gmm on PCs 1-10": lambda d, x, k, sd: cluster_embedding(x[:, :10], k, method="gmm", seed=sd),
     }
@@ -159,6 +163,19 @@ def consensus(x, k, seed, runs, *, soft, n_init=1):
             blocks.append(np.eye(k)[g.predict(x)])
     h = np.hstack(blocks)
     return KMeans(k, n_init=10, random_state=seed).fit_predict(h)
+
+
+def _quantile(x):
+    from sklearn.preprocessing import QuantileTransformer
+
+    return QuantileTransformer(output_distribution="normal", n_quantiles=min(1000, x.shape[0])).fit_transform(x)
+
+
+def _smooth(d, k):
+    from mihd.graph import knn_indices
+    from mihd.train._runner import _neighbourhood_mean
+
+    return _neighbourhood_mean(d["raw_gene"], knn_indices(d["xy"], k, include_self=True))
 
 
 def knn_graph(nb):

@@ -97,6 +97,14 @@ def validate_config(cfg) -> dict:
     if _cfg_get(cfg, "trainer.batch_size") is not None:
         _positive_int(cfg, "trainer.batch_size", minimum=1, hint="spots per step, or null for the full slice")
     _positive_int(cfg, "out_dim", minimum=2, default=DEFAULT_OUT_DIM)
+    k_spatial = _positive_int(cfg, "spatial.n_neighbors", minimum=1, default=6)
+    if _cfg_get(cfg, "spatial.context_neighbors") is not None:
+        context = _positive_int(cfg, "spatial.context_neighbors", minimum=2, hint="a wider neighbourhood than spatial.n_neighbors, e.g. 18, or null")
+        if context <= k_spatial:
+            raise ValueError(
+                f"spatial.context_neighbors={context} must be larger than spatial.n_neighbors={k_spatial} "
+                "(it adds a wider neighbourhood mean beside the smoothed genes), or null to leave it out."
+            )
     space = _cfg_get(cfg, "cluster.space", "embedding")
     if space not in ("embedding", "reconstruction"):
         raise ValueError(f"cluster.space={space!r}; use 'embedding' or 'reconstruction'.")
@@ -381,23 +389,32 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     if smooth:
         # Neighbourhood-mean inputs (the BANKSY / "averaged over spatial neighbours" prior),
         # computed O(N k) from the (N, k+1) index, identical for every fusion.
+        unsmoothed_gene = features["gene"]
         features = {m: _neighbourhood_mean(x, neighbors) for m, x in features.items()}
+        context_k = _cfg_get(cfg, "spatial.context_neighbors")
+        if context_k is not None:
+            # Multi-scale context: the gene mean over a wider neighbourhood stacked beside the
+            # 6-NN mean. A tied GMM is blind to linear maps of its input; a second scale is new
+            # information (benchmarks/dev/README.md, "Multi-scale context").
+            wide = knn_indices(prepared.coords, min(int(context_k), adata.n_obs - 1), include_self=True)
+            features["gene"] = np.hstack([features["gene"], _neighbourhood_mean(unsmoothed_gene, wide)])
+    dims = {m: int(x.shape[1]) for m, x in features.items()}
     coords = _normalise_coords(prepared.coords) if has_coords else None
     graph_neighbors = neighbors[:, 1:] if info.needs_neighborhood else None
 
     # ---- model
     _seed_everything(seed)
     out_dim = int(_cfg_get(cfg, "out_dim", DEFAULT_OUT_DIM))
-    fusion = info.cls(prepared.dims, out_dim=out_dim, **_to_dict(_cfg_get(cfg, "fusion.options")))
+    fusion = info.cls(dims, out_dim=out_dim, **_to_dict(_cfg_get(cfg, "fusion.options")))
     train_info = {"epochs": 0, "train_seconds": 0.0}
     plan = None
     if info.trainable:
         plan = FusionTrainingPlan(
             fusion,
-            prepared.dims,
+            dims,
             out_dim=out_dim,
             needs_coords=info.needs_coords,
-            modality_weights={m: w for m, w in _to_dict(_cfg_get(cfg, "trainer.modality_weights")).items() if m in prepared.dims},
+            modality_weights={m: w for m, w in _to_dict(_cfg_get(cfg, "trainer.modality_weights")).items() if m in dims},
             lr=float(_cfg_get(cfg, "trainer.lr", 2e-3)),
             weight_decay=float(_cfg_get(cfg, "trainer.weight_decay", 1e-4)),
         )
@@ -422,7 +439,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     with torch.no_grad():
         for batch in dm.predict_batches():
             batch = _to_device(batch, device)
-            z = forward_fusion(fusion, {m: batch[m] for m in prepared.dims}, batch.get("coords"), batch.get("neighborhood"))
+            z = forward_fusion(fusion, {m: batch[m] for m in dims}, batch.get("coords"), batch.get("neighborhood"))
             emb.append(z.float().cpu().numpy())
             if plan is not None and "gene" in plan.decoders:
                 rec.append(plan.decoders["gene"](z).float().cpu().numpy())
@@ -476,7 +493,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         # Process peak so far: exact per run when each run is its own process (mihd evaluate).
         "memory": peak_memory_mib(device),
         "prepared": {k: v for k, v in prepared.meta.items() if k != "params"},
-        "modalities": prepared.dims,
+        "modalities": dims,
         "spatial_smoothing": smooth,
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
     }
