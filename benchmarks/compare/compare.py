@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mihd._io import write_text
+from mihd._io import atomic_write, write_text
 from mihd.evaluate._evaluate import RESULT_COLUMNS
 from mihd.evaluate._report import plot_ari, summary_markdown
 
@@ -145,12 +145,6 @@ def confirmatory(confirm: pd.DataFrame, table: pd.DataFrame, dev_choice: str) ->
     return lines
 
 
-def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mihd", type=Path, nargs="+", required=True, help="mihd evaluate results.csv file(s)")
@@ -172,9 +166,9 @@ def main(argv=None) -> None:
     table = load(args.mihd + args.peers)
     confirm = load([args.confirm]) if args.confirm else None
     args.out.mkdir(parents=True, exist_ok=True)
-    _write_csv(table, args.out / "results.csv")
+    atomic_write(args.out / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     if confirm is not None:
-        _write_csv(confirm, args.out / "confirm_results.csv")
+        atomic_write(args.out / "confirm_results.csv", lambda tmp: confirm.to_csv(tmp, index=False))
     text = summary_markdown(table, title="mihd vs GraphST and SpaGCN on DLPFC", command=args.command)
     text += "\n## Verdict (computed from the table above)\n\n" + "\n".join(verdict(table, args.dev_choice)) + "\n"
     if confirm is not None:

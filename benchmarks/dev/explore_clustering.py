@@ -137,10 +137,7 @@ def main(argv=None) -> None:
         line = []
         for name, fn in variants.items():
             t = time.time()
-            seeds = args.seeds if "ward (spots" not in name else args.seeds[:1]
-            vals = [score(d, fn(d, x, k, sd)) for sd in seeds]
-            if "ward (spots" in name:
-                vals = vals * len(args.seeds)
+            vals = [score(d, fn(d, x, k, sd)) for sd in args.seeds]  # seed-free variants just repeat
             rows.setdefault(name, []).extend(vals)
             line.append(f"{name}: {np.round(vals, 3)} ({time.time() - t:.0f}s)")
         print(f"{s} (K={k}):\n  " + "\n  ".join(line), flush=True)
