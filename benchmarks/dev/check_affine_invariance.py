@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("MIHD_DATA_DIR", str(HERE.parents[2] / "shared" / "data")))
     ap.add_argument("--slice", default="151507", choices=DEV_SLICES)
-    ap.add_argument("--preset", default="v2")
+    ap.add_argument("--preset", default="v3")
     args = ap.parse_args(argv)
     d = load(Path(args.data_dir), args.slice, args.preset)
     x, k = d["gene"], d["k"]

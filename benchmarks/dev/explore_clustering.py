@@ -20,7 +20,7 @@ from scipy import sparse
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from diagnose_clustering import load, score  # noqa: E402
+from diagnose_clustering import hmrf, load, score  # noqa: E402
 from semisynthetic import DEV_SLICES, SCORED_SLICES  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("MIHD_DATA_DIR", str(HERE.parents[2] / "shared" / "data")))
     ap.add_argument("--slices", nargs="+", default=list(DEV_SLICES))
-    ap.add_argument("--preset", default="v2")
+    ap.add_argument("--preset", default="v3")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--only", nargs="*", default=None)
     args = ap.parse_args(argv)
@@ -102,6 +102,9 @@ def main(argv=None) -> None:
 
     variants = {
         "floor gmm n10": lambda d, x, k, sd: cluster_embedding(x, k, method="gmm", seed=sd),
+        "HMRF beta=2": lambda d, x, k, sd: hmrf(x, d["nb"][:, 1:], k, sd, beta=2.0),
+        "HMRF beta=4": lambda d, x, k, sd: hmrf(x, d["nb"][:, 1:], k, sd, beta=4.0),
+        "gmm 50 starts": lambda d, x, k, sd: cluster_embedding(x, k, method="gmm", seed=sd, n_init=50),
         "kmeans": lambda d, x, k, sd: cluster_embedding(x, k, method="kmeans", seed=sd),
         "spatial ward (spots, 6-NN connectivity)": lambda d, x, k, sd: AgglomerativeClustering(
             k, connectivity=knn_graph(d["nb"]), linkage="ward"
@@ -123,6 +126,9 @@ def main(argv=None) -> None:
         "diagonal-covariance GMM": lambda d, x, k, sd: GaussianMixture(k, covariance_type="diag", n_init=10, random_state=sd).fit_predict(x),
         "gmm full cov": lambda d, x, k, sd: GaussianMixture(k, covariance_type="full", n_init=10, random_state=sd).fit_predict(x),
         "gmm on PCs 1-10": lambda d, x, k, sd: cluster_embedding(x[:, :10], k, method="gmm", seed=sd),
+        "ICA, K most non-Gaussian components": lambda d, x, k, sd: cluster_embedding(_pursuit(x, k, sd), k, method="gmm", seed=sd),
+        "ICA, 2K most non-Gaussian components": lambda d, x, k, sd: cluster_embedding(_pursuit(x, 2 * k, sd), k, method="gmm", seed=sd),
+        "log UMI regressed out of the PCs, then smoothed": lambda d, x, k, sd: cluster_embedding(_without_depth(d), k, method="gmm", seed=sd),
     }
 
     def _maha(x, k, sd, d):
@@ -173,6 +179,26 @@ def _smooth(d, k):
     from mihd.train._runner import _neighbourhood_mean
 
     return _neighbourhood_mean(d["raw_gene"], knn_indices(d["xy"], k, include_self=True))
+
+
+def _pursuit(x, m, seed):
+    """Projection pursuit: FastICA on the smoothed PCs, keep the ``m`` components whose distribution
+    is furthest from a Gaussian (|excess kurtosis| + skewness^2, a multimodality / tail score)."""
+    from scipy.stats import kurtosis, skew
+    from sklearn.decomposition import FastICA
+
+    s = FastICA(n_components=x.shape[1], whiten="unit-variance", random_state=seed, max_iter=1000).fit_transform(x)
+    score = np.abs(kurtosis(s, axis=0)) + skew(s, axis=0) ** 2
+    return s[:, np.argsort(score)[::-1][:m]]
+
+
+def _without_depth(d):
+    """Raw gene PCs minus their least-squares fit on log UMI (sequencing depth), then the 6-NN mean."""
+    from mihd.train._runner import _neighbourhood_mean
+
+    design = np.column_stack([np.ones_like(d["log_umi"]), d["log_umi"]])
+    coef, *_ = np.linalg.lstsq(design, d["raw_gene"], rcond=None)
+    return _neighbourhood_mean((d["raw_gene"] - design @ coef).astype(np.float32), d["nb"])
 
 
 def knn_graph(nb):

@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     ap.add_argument("--variant", action="append", default=[], help="NAME=override,override")
     ap.add_argument("--summary", action="store_true", help="only summarise --out into results.md")
     ap.add_argument("--out", default=str(here / "results.csv"))
-    ap.add_argument("--preset", default="v1", help="generator preset (semisynthetic.PRESETS); --gen overrides it")
+    ap.add_argument("--preset", default="v3", help="generator preset (semisynthetic.PRESETS); --gen overrides it")
     ap.add_argument("--gen", action="append", default=[], help="generator option KEY=VALUE (see semisynthetic.py)")
     ap.add_argument("--tag", default="", help="free text stored with each row (e.g. the commit)")
     args = ap.parse_args(argv)

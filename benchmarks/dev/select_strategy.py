@@ -8,6 +8,7 @@ predicted the scored one (a diagnostic of the development set, never an input to
 
     .venv/bin/python benchmarks/dev/select_strategy.py --tag v2-zoo-prereg
     .venv/bin/python benchmarks/dev/select_strategy.py --tag v2-zoo-prereg --scored benchmarks/compare/results.csv
+    .venv/bin/python benchmarks/dev/select_strategy.py --tag v3-validate v3-screen v3-zoo --scored benchmarks/compare/results.csv
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ def choose(stats: pd.DataFrame) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=HERE / "results.csv")
-    ap.add_argument("--tag", required=True)
+    ap.add_argument("--tag", required=True, nargs="+", help="one batch tag, or several batches run on the same cells")
+    ap.add_argument("--only", nargs="*", default=None, help="restrict to these variants (e.g. to compare two batches' rankings)")
     ap.add_argument("--scored", type=Path, default=None, help="benchmarks/compare/results.csv, read after the choice")
     args = ap.parse_args(argv)
     rows = pd.read_csv(args.results)
-    rows = rows[rows["tag"] == args.tag]
+    rows = rows[rows["tag"].isin(args.tag)]
+    if args.only:
+        rows = rows[rows["variant"].isin(args.only)]
     if rows.empty:
         raise SystemExit(f"{args.results}: no rows with tag {args.tag!r}")
     cells = rows.groupby("variant").apply(lambda g: len(set(zip(g["slice"], g["seed"]))), include_groups=False)
@@ -51,7 +55,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"the batch is incomplete: slice x seed cells per variant differ: {cells.to_dict()}")
     stats = per_variant(rows).sort_values("median", ascending=False)
     pick = choose(stats)
-    print(f"batch {args.tag}: {rows['slice'].nunique()} slices x {rows['seed'].nunique()} seeds, {int(cells.iloc[0])} runs per variant\n")
+    print(f"batch {' + '.join(args.tag)}: {rows['slice'].nunique()} slices x {rows['seed'].nunique()} seeds, {int(cells.iloc[0])} runs per variant\n")
     print("| variant | median | mean | sd | min | n |\n|---|---|---|---|---|---|")
     for v, r in stats.iterrows():
         mark = " (chosen)" if v == pick else " (floor)" if v == FLOOR else ""

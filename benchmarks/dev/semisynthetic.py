@@ -35,6 +35,13 @@ PRESETS = {
     "v1": {},
     "v2": {"subtypes": 2, "subtype_markers": 15, "subtype_fold": (0.15, 0.4), "fine_programs": 8, "fine_strength": 0.07,
            "depth_slope": 0.12},
+    # v3: v2 calibrated to the real slices' label-free statistics (benchmarks/dev/calibrate.py):
+    # ~1,300 UMI per spot, a strong white-matter program (PC1, heavy-tailed), a spatially structured
+    # library size (PC2, Moran's I ~0.5-0.6), mixing of adjacent layers at borders only.
+    "v3": {"subtypes": 2, "subtype_markers": 15, "subtype_fold": (0.15, 0.4), "fine_programs": 8, "fine_strength": 0.07,
+           "depth_slope": 0.12, "counts_per_spot": 1300.0, "markers_per_layer": 30, "program_strength": 0.12,
+           "wm_markers": 300, "wm_fold": (1.5, 3.5), "library_sd": 0.25, "library_layer_sd": 0.3, "library_field_sd": 0.2,
+           "border_mixing": True},
 }
 LAYER_ORDER = ("Layer_1", "Layer_2", "Layer_3", "Layer_4", "Layer_5", "Layer_6", "WM")
 
@@ -52,14 +59,19 @@ def _read_geometry(folder: Path):
     return pos, truth, xy, scale, img
 
 
-def _nuisance_program(u: np.ndarray, rng: np.random.Generator, cycles: tuple[float, float], strength: float, n_genes: int):
-    """(n, genes) log-fold effect of one smooth random field (3 plane waves of ``cycles`` per tissue
-    span, standardised) on a random quarter of the genes, loadings N(0, strength)."""
+def _smooth_field(u: np.ndarray, rng: np.random.Generator, cycles: tuple[float, float]) -> np.ndarray:
+    """(n,) standardised smooth random field: 3 plane waves of ``cycles`` per tissue span."""
     f = np.zeros(len(u))
     for _ in range(3):
         fr, d, ph = rng.uniform(*cycles), rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi)
         f += np.cos(2 * np.pi * fr * (u[:, 0] * np.cos(d) + u[:, 1] * np.sin(d)) + ph)
-    f = (f - f.mean()) / f.std()
+    return (f - f.mean()) / f.std()
+
+
+def _nuisance_program(u: np.ndarray, rng: np.random.Generator, cycles: tuple[float, float], strength: float, n_genes: int):
+    """(n, genes) log-fold effect of one smooth random field (``_smooth_field``) on a random
+    quarter of the genes, loadings N(0, strength)."""
+    f = _smooth_field(u, rng, cycles)
     load = (rng.random(n_genes) < 0.25) * rng.normal(0.0, strength, n_genes)
     return f[:, None] * load[None, :]
 
@@ -84,6 +96,11 @@ def dlpfc_geometry_slice(
     subtype_fold: tuple[float, float] = (0.2, 0.6),
     fine_programs: int = 0,
     fine_strength: float = 0.2,
+    wm_markers: int = 0,
+    wm_fold: tuple[float, float] = (1.0, 2.5),
+    library_layer_sd: float = 0.0,
+    library_field_sd: float = 0.0,
+    border_mixing: bool = False,
 ) -> AnnData:
     """One semi-synthetic slice: real DLPFC geometry + layer map, simulated counts.
 
@@ -93,6 +110,14 @@ def dlpfc_geometry_slice(
     (1.5-6 cycles per tissue span) with strengths decaying as 1/sqrt(p). Both draw from their own
     random stream, so the default (0, 0) slices are exactly the earlier ones; the ``PRESETS``
     name the settings used in ``results.csv``.
+
+    ``wm_markers`` > 0 gives the white matter (the last layer) a strong program of that many genes
+    (log fold ``wm_fold``), as oligodendrocyte genes mark it in real cortex. ``library_layer_sd`` and
+    ``library_field_sd`` make the library size spatially structured like the real slices' (a log
+    offset per layer and a smooth field, besides the per-spot ``library_sd``). These three draw from
+    a third stream, so v1 / v2 slices are unchanged. ``border_mixing`` replaces the i.i.d. mixing of
+    adjacent layers (any spot, anywhere in its layer) by mixing at borders only: each spot takes
+    the layer of a random one of itself and its 6 nearest spots, as a 55 µm spot straddles a border.
     """
     folder = Path(folder)
     pos, truth, xy, scale, img = _read_geometry(folder)
@@ -114,6 +139,10 @@ def dlpfc_geometry_slice(
     mix = rng.random(n) < adjacent_mixing
     step = np.where(rng.random(n) < 0.5, -1, 1)
     types[mix] = np.clip(lab[mix] + step[mix], 0, k - 1)
+    third = np.random.default_rng([seed, int(folder.name), 3])
+    if border_mixing:
+        _, nb = cKDTree(xy).query(xy, 7)
+        types = lab[nb[np.arange(n), third.integers(7, size=n)]]
 
     log_base = rng.normal(0.0, 1.0, n_genes)
     log_base += np.log(counts_per_spot) - np.log(np.exp(log_base).sum())
@@ -140,6 +169,12 @@ def dlpfc_geometry_slice(
         log_mu += sub_effect[types * subtypes + extra.integers(subtypes, size=n)]
     for p in range(fine_programs):
         log_mu += _nuisance_program(u, extra, (1.5, 6.0), fine_strength / np.sqrt(p + 1), n_genes)
+    if wm_markers > 0:
+        g = third.choice(n_genes, wm_markers, replace=False)
+        log_mu[np.ix_(types == k - 1, g)] += third.uniform(*wm_fold, wm_markers)
+    if library_layer_sd > 0 or library_field_sd > 0:
+        field = _smooth_field(u, third, (0.5, 2.0))
+        log_mu += (third.normal(0.0, library_layer_sd, k)[lab] + library_field_sd * field)[:, None]
     mu = np.exp(log_mu)
     counts = rng.negative_binomial(theta, theta / (theta + mu)).astype(np.float32)
 
