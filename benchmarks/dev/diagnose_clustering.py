@@ -35,13 +35,14 @@ sys.path.insert(0, str(HERE))
 from semisynthetic import DEV_SLICES, PRESETS, SCORED_SLICES, dlpfc_geometry_slice  # noqa: E402
 
 
-def load(data_dir: Path, slice_id: str, preset: str):
+def load(data_dir: Path, slice_id: str, preset: str, encoder: str = "default"):
     from mihd._config import compose
     from mihd.graph import knn_indices
     from mihd.train._runner import _neighbourhood_mean, _standardise, prepare_slice_inputs
 
     adata = dlpfc_geometry_slice(data_dir / "dlpfc" / slice_id, seed=0, **PRESETS[preset])
-    cfg = compose("train", ["data=h5ad", "data.path=unused", "cache_dir=/tmp/mihd_dev_cache"], stamp_run_dir=False)
+    cfg = compose("train", ["data=h5ad", "data.path=unused", "cache_dir=/tmp/mihd_dev_cache", f"encoder={encoder}"],
+                  stamp_run_dir=False)
     prepared = prepare_slice_inputs(cfg, adata)
     feats = _standardise(prepared.features)
     nb = knn_indices(prepared.coords, 6, include_self=True)
@@ -97,6 +98,7 @@ def main(argv=None) -> None:
     ap.add_argument("--slices", nargs="+", default=["151507", "151510", "151669", "151676"])
     ap.add_argument("--preset", default="v3")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--encoder", default="default", help="encoder config (e.g. ssl_cnn for the self-supervised image CNN)")
     args = ap.parse_args(argv)
     bad = set(args.slices) & SCORED_SLICES
     if bad:
@@ -109,7 +111,7 @@ def main(argv=None) -> None:
         rows.setdefault(name, []).extend(values)
 
     for s in args.slices:
-        d = load(Path(args.data_dir), s, args.preset)
+        d = load(Path(args.data_dir), s, args.preset, args.encoder)
         x, k, seeds = d["gene"], d["k"], args.seeds
         free = [score(d, cluster_embedding(x, k, method="gmm", seed=sd, n_init=3)) for sd in seeds]
         add("floor (tied GMM, 3 starts)", free)
