@@ -92,3 +92,22 @@ def test_the_pre_registered_rule_picks_by_median_then_mean_then_worst_run():
     assert select.choose(stats) == "b"  # medians within 0.001: the higher mean
     stats = select.per_variant(rows(a=[0.25, 0.5, 0.75], b=[0.375, 0.5, 0.625]))  # exact in binary
     assert select.choose(stats) == "b"  # same median and mean: the higher worst run
+
+
+def test_selection_can_pool_batches_run_on_the_same_cells_and_restrict_variants(tmp_path, capsys):
+    path = ROOT / "benchmarks" / "dev" / "select_strategy.py"
+    spec = importlib.util.spec_from_file_location("mihd_select_strategy_main", path)
+    select = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(select)
+    cells = [("151507", 0), ("151507", 1), ("151669", 0)]
+    rows = [{"tag": tag, "variant": v, "slice": s, "seed": k, "ari_after": a}
+            for tag, v, a in (("t1", "floor", 0.5), ("t1", "x", 0.6), ("t2", "y", 0.7), ("t2", "z", 0.8))
+            for s, k in cells]
+    table = tmp_path / "results.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    select.main(["--results", str(table), "--tag", "t1", "t2", "--only", "floor", "x", "y"])
+    out = capsys.readouterr().out
+    assert "chosen by the pre-registered rule: y" in out and "| z" not in out  # z excluded, y from the second batch
+    pd.DataFrame(rows[:-1]).to_csv(table, index=False)  # one cell of z missing: an incomplete pooled batch
+    with pytest.raises(SystemExit, match="incomplete"):
+        select.main(["--results", str(table), "--tag", "t1", "t2"])
