@@ -114,10 +114,10 @@ def dlpfc_geometry_slice(
     ``wm_markers`` > 0 gives the white matter (the last layer) a strong program of that many genes
     (log fold ``wm_fold``), as oligodendrocyte genes mark it in real cortex. ``library_layer_sd`` and
     ``library_field_sd`` make the library size spatially structured like the real slices' (a log
-    offset per layer and a smooth field, besides the per-spot ``library_sd``). These three draw from
-    a third stream, so v1 / v2 slices are unchanged. ``border_mixing`` replaces the i.i.d. mixing of
-    adjacent layers (any spot, anywhere in its layer) by mixing at borders only: each spot takes
-    the layer of a random one of itself and its 6 nearest spots, as a 55 µm spot straddles a border.
+    offset per layer and a smooth field, besides the per-spot ``library_sd``). ``border_mixing``
+    replaces the i.i.d. mixing of adjacent layers (any spot, anywhere in its layer) by mixing at
+    borders only: each spot takes the layer of a random one of itself and its 6 nearest spots, as a
+    55 µm spot straddles a border. All four draw from a third stream, so v1 / v2 slices are unchanged.
     """
     folder = Path(folder)
     pos, truth, xy, scale, img = _read_geometry(folder)
