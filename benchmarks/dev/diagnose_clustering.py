@@ -99,6 +99,7 @@ def main(argv=None) -> None:
     ap.add_argument("--preset", default="v3")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--encoder", default="default", help="encoder config (e.g. ssl_cnn for the self-supervised image CNN)")
+    ap.add_argument("--crosstab", action="store_true", help="print the floor's domains (first seed) against the layers")
     args = ap.parse_args(argv)
     bad = set(args.slices) & SCORED_SLICES
     if bad:
@@ -114,6 +115,13 @@ def main(argv=None) -> None:
         d = load(Path(args.data_dir), s, args.preset, args.encoder)
         x, k, seeds = d["gene"], d["k"], args.seeds
         free = [score(d, cluster_embedding(x, k, method="gmm", seed=sd, n_init=3)) for sd in seeds]
+        if args.crosstab:  # which layers the free fit splits or merges (reads labels: a diagnostic only)
+            import pandas as pd
+
+            from mihd.refine import refine_labels
+
+            lab = refine_labels(d["xy"], cluster_embedding(x, k, method="gmm", seed=seeds[0], n_init=3), n_neighbors=6)
+            print(f"{s}, seed {seeds[0]}:\n{pd.crosstab(pd.Series(d['truth']).fillna('NA'), lab)}", flush=True)
         add("floor (tied GMM, 3 starts)", free)
         known = np.array([t is not None for t in d["truth"]])
         cats = sorted(set(d["truth"][known]))
