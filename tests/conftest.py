@@ -21,6 +21,21 @@ def data_dir() -> Path:
     return shared_data_dir()
 
 
+@pytest.fixture(scope="session")
+def load_script():
+    """Import a script that is not part of the package (``benchmarks/...``) by its repo-relative path."""
+    import importlib.util
+
+    def load(relpath: str):
+        path = REPO_ROOT / relpath
+        spec = importlib.util.spec_from_file_location("mihd_script_" + path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Tests never write into the user's ~/.cache/mihd.

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from mihd._config import compose
 
-ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture(scope="module")
+def compare(load_script):
+    return load_script("benchmarks/compare/compare.py")
 
 
 @pytest.fixture(scope="module")
-def compare():
-    path = ROOT / "benchmarks" / "compare" / "compare.py"
-    spec = importlib.util.spec_from_file_location("mihd_compare_report", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def select(load_script):
+    return load_script("benchmarks/dev/select_strategy.py")
 
 
 def _table(levels: dict[str, list[float]], seeds=range(5), variant="default") -> pd.DataFrame:
@@ -77,12 +73,7 @@ def test_the_confirmatory_experiment_runs_fresh_seeds_and_the_pre_registered_cho
     assert set(confirm.fusions) == {compare.DEV_CHOICE, "genes_only"}
 
 
-def test_the_pre_registered_rule_picks_by_median_then_mean_then_worst_run():
-    path = ROOT / "benchmarks" / "dev" / "select_strategy.py"
-    spec = importlib.util.spec_from_file_location("mihd_select_strategy", path)
-    select = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(select)
-
+def test_the_pre_registered_rule_picks_by_median_then_mean_then_worst_run(select):
     def rows(**levels):
         return pd.DataFrame([{"variant": v, "ari_after": a} for v, values in levels.items() for a in values])
 
@@ -94,11 +85,7 @@ def test_the_pre_registered_rule_picks_by_median_then_mean_then_worst_run():
     assert select.choose(stats) == "b"  # same median and mean: the higher worst run
 
 
-def test_selection_can_pool_batches_run_on_the_same_cells_and_restrict_variants(tmp_path, capsys):
-    path = ROOT / "benchmarks" / "dev" / "select_strategy.py"
-    spec = importlib.util.spec_from_file_location("mihd_select_strategy_main", path)
-    select = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(select)
+def test_selection_can_pool_batches_run_on_the_same_cells_and_restrict_variants(select, tmp_path, capsys):
     cells = [("151507", 0), ("151507", 1), ("151669", 0)]
     rows = [{"tag": tag, "variant": v, "slice": s, "seed": k, "ari_after": a}
             for tag, v, a in (("t1", "floor", 0.5), ("t1", "x", 0.6), ("t2", "y", 0.7), ("t2", "z", 0.8))

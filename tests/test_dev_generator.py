@@ -7,25 +7,12 @@ silently undo them, and check that the scored slices stay out of it.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DEV = ROOT / "benchmarks" / "dev"
 
-
-def _module(name: str):
-    sys.path.insert(0, str(DEV))
-    try:
-        spec = importlib.util.spec_from_file_location(f"mihd_dev_{name}", DEV / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(DEV))
+@pytest.fixture(scope="module")
+def gen(load_script):
+    return load_script("benchmarks/dev/semisynthetic.py")
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +24,8 @@ def geometry(data_dir):
 
 
 @pytest.fixture(scope="module")
-def stats(geometry):
-    gen, cal = _module("semisynthetic"), _module("calibrate")
+def stats(geometry, gen, load_script):
+    cal = load_script("benchmarks/dev/calibrate.py")
     return {p: cal.label_free_stats(gen.dlpfc_geometry_slice(geometry, seed=0, **gen.PRESETS[p])) for p in ("v2", "v3")}
 
 
@@ -61,8 +48,7 @@ def test_v3_counts_are_as_shallow_as_the_real_slices(stats):
     assert 900 < stats["v3"]["umi"] < 1800 < stats["v2"]["umi"]  # real medians 1,193 / 1,496
 
 
-def test_v3_slices_are_seeded(geometry):
-    gen = _module("semisynthetic")
+def test_v3_slices_are_seeded(geometry, gen):
     a = gen.dlpfc_geometry_slice(geometry, seed=0, **gen.PRESETS["v3"])
     b = gen.dlpfc_geometry_slice(geometry, seed=0, **gen.PRESETS["v3"])
     assert (a.X != b.X).nnz == 0  # seeded
@@ -70,9 +56,8 @@ def test_v3_slices_are_seeded(geometry):
     assert (a.X != c.X).nnz > 0
 
 
-def test_scored_slices_are_never_development_slices():
-    gen = _module("semisynthetic")
+def test_scored_slices_are_never_development_slices(gen, load_script):
     assert gen.SCORED_SLICES == {"151673", "151674"}
     assert not set(gen.DEV_SLICES) & gen.SCORED_SLICES
     with pytest.raises(SystemExit):
-        _module("run_dev").main(["--slices", "151673", "--variant", "x=fusion=genes_only"])
+        load_script("benchmarks/dev/run_dev.py").main(["--slices", "151673", "--variant", "x=fusion=genes_only"])

@@ -114,13 +114,14 @@ def main(argv=None) -> None:
     for s in args.slices:
         d = load(Path(args.data_dir), s, args.preset, args.encoder)
         x, k, seeds = d["gene"], d["k"], args.seeds
-        free = [score(d, cluster_embedding(x, k, method="gmm", seed=sd, n_init=3)) for sd in seeds]
+        free_labels = [cluster_embedding(x, k, method="gmm", seed=sd, n_init=3) for sd in seeds]
+        free = [score(d, lab) for lab in free_labels]
         if args.crosstab:  # which layers the free fit splits or merges (reads labels: a diagnostic only)
             import pandas as pd
 
             from mihd.refine import refine_labels
 
-            lab = refine_labels(d["xy"], cluster_embedding(x, k, method="gmm", seed=seeds[0], n_init=3), n_neighbors=6)
+            lab = refine_labels(d["xy"], free_labels[0], n_neighbors=6)
             print(f"{s}, seed {seeds[0]}:\n{pd.crosstab(pd.Series(d['truth']).fillna('NA'), lab)}", flush=True)
         add("floor (tied GMM, 3 starts)", free)
         known = np.array([t is not None for t in d["truth"]])
