@@ -56,6 +56,7 @@ def load(data_dir: Path, slice_id: str, preset: str, encoder: str = "default"):
         "truth": truth,
         "k": adata.obs["ground_truth"].cat.categories.size,
         "log_umi": np.log(np.asarray(adata.X.sum(1)).ravel()),
+        "adata": adata,
     }
 
 

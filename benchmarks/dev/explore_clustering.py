@@ -128,6 +128,14 @@ def main(argv=None) -> None:
         "gmm on PCs 1-10": lambda d, x, k, sd: cluster_embedding(x[:, :10], k, method="gmm", seed=sd),
         "ICA, K most non-Gaussian components": lambda d, x, k, sd: cluster_embedding(_pursuit(x, k, sd), k, method="gmm", seed=sd),
         "ICA, 2K most non-Gaussian components": lambda d, x, k, sd: cluster_embedding(_pursuit(x, 2 * k, sd), k, method="gmm", seed=sd),
+        "pearson residuals PCA, smoothed": lambda d, x, k, sd: cluster_embedding(_pearson(d), k, method="gmm", seed=sd),
+        "MAF: 10 most autocorrelated directions": lambda d, x, k, sd: cluster_embedding(_maf(d, 10), k, method="gmm", seed=sd),
+        "MAF: 20 most autocorrelated directions": lambda d, x, k, sd: cluster_embedding(_maf(d, 20), k, method="gmm", seed=sd),
+        "spectral ncut, smoothed-PC weights, h=median": lambda d, x, k, sd: _ncut(d, x, k, sd, 1.0),
+        "spectral ncut, smoothed-PC weights, h=median/4": lambda d, x, k, sd: _ncut(d, x, k, sd, 0.25),
+        "spectral ncut, raw-PC weights, h=median": lambda d, x, k, sd: _ncut(d, d["raw_gene"], k, sd, 1.0),
+        "spectral ncut eigvecs (2K) + smoothed PCs -> gmm": lambda d, x, k, sd: cluster_embedding(
+            np.hstack([x, _ncut(d, x, 2 * k, sd, 0.25, embed_only=True)]), k, method="gmm", seed=sd),
         "log UMI regressed out of the PCs, then smoothed": lambda d, x, k, sd: cluster_embedding(_without_depth(d), k, method="gmm", seed=sd),
     }
 
@@ -190,6 +198,56 @@ def _pursuit(x, m, seed):
     s = FastICA(n_components=x.shape[1], whiten="unit-variance", random_state=seed, max_iter=1000).fit_transform(x)
     score = np.abs(kurtosis(s, axis=0)) + skew(s, axis=0) ** 2
     return s[:, np.argsort(score)[::-1][:m]]
+
+
+def _pearson(d):
+    """Analytic Pearson residuals (Lause et al. 2021): 3000 HVGs by residual variance, 30 PCs,
+    standardised, then the 6-NN mean (as the floor's input)."""
+    import scanpy as sc
+
+    from mihd.train._runner import _neighbourhood_mean
+
+    a = d["adata"].copy()
+    a.X = a.X.astype(np.float32)
+    sc.experimental.pp.recipe_pearson_residuals(a, n_top_genes=3000, n_comps=30, random_state=0)
+    z = a.obsm["X_pca"]
+    z = (z - z.mean(0)) / z.std(0)
+    return _neighbourhood_mean(z.astype(np.float32), d["nb"])
+
+
+def _ncut(d, x, k, seed, h, embed_only=False):
+    """Normalised-cut spectral clustering (Ng, Jordan & Weiss 2002) on the symmetrised 6-NN spatial
+    graph weighted by expression similarity exp(-||x_i - x_j||^2 / (h * median)): cuts are cheap
+    where expression jumps (layer borders) and dear where it drifts smoothly (nuisance fields)."""
+    from scipy.sparse.linalg import eigsh
+    from sklearn.cluster import KMeans
+
+    nb = d["nb"][:, 1:]
+    n = x.shape[0]
+    d2 = ((x[:, None, :] - x[nb]) ** 2).sum(-1)
+    w = np.exp(-d2 / (h * np.median(d2)))
+    a = sparse.csr_matrix((w.ravel(), (np.repeat(np.arange(n), nb.shape[1]), nb.ravel())), shape=(n, n))
+    a = a.maximum(a.T)
+    deg = np.asarray(a.sum(1)).ravel()
+    dinv = sparse.diags(1.0 / np.sqrt(deg))
+    m = dinv @ a @ dinv
+    vals, vecs = eigsh(m, k=k, which="LA", v0=np.random.default_rng(seed).random(n))
+    if embed_only:
+        return (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    u = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    return KMeans(k, n_init=10, random_state=seed).fit_predict(u)
+
+
+def _maf(d, m):
+    """Maximum autocorrelation factors of the smoothed PCs: the generalised eigenvectors of the
+    covariance of neighbour differences against the total covariance, the m smoothest kept."""
+    from scipy.linalg import eigh
+
+    x = d["gene"] - d["gene"].mean(0)
+    nb = d["nb"][:, 1:]
+    diff = (x[:, None, :] - x[nb]).reshape(-1, x.shape[1])
+    vals, vecs = eigh(diff.T @ diff / diff.shape[0], x.T @ x / x.shape[0])
+    return (x @ vecs[:, :m]).astype(np.float32)
 
 
 def _without_depth(d):

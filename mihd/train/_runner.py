@@ -112,7 +112,16 @@ def validate_config(cfg) -> dict:
     unknown = sorted(set(weights) - {"gene", "image"})
     if unknown:
         raise ValueError(f"trainer.modality_weights has unknown modalities {unknown}; the modalities are gene and image.")
-    get_gene_encoder(_cfg_get(cfg, "encoder.gene", "pca"))
+    gene = _cfg_get(cfg, "encoder.gene", "pca")
+    gene_cls = get_gene_encoder(gene)
+    try:  # building the encoder checks its options' values too, before any data is read
+        gene_cls(**_to_dict(_cfg_get(cfg, "encoder.gene_options")))
+    except TypeError:
+        accepted = [p for p in inspect.signature(gene_cls).parameters if p != "self"]
+        raise ValueError(
+            f"encoder.gene_options {sorted(_to_dict(_cfg_get(cfg, 'encoder.gene_options')))} do not fit gene encoder "
+            f"{gene!r}; it accepts: {', '.join(accepted)} (encoder=pearson sets them for the Pearson residuals)."
+        ) from None
     image = _cfg_get(cfg, "encoder.image", "stats")
     if image not in (None, "none"):
         # Building the encoder checks its options (e.g. a precomputed file that is missing).
