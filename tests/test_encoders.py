@@ -56,7 +56,7 @@ def test_image_encoders_separate_stained_from_blank(name):
 
 
 def test_gene_encoders_registered():
-    assert "pca" in list_gene_encoders()
+    assert {"pca", "pearson"} <= set(list_gene_encoders())
 
 
 def test_prepare_inputs_caches_by_parameters(tiny_slice, tmp_path):
@@ -219,3 +219,109 @@ def test_prepare_inputs_leaves_torch_on_the_thread_count_it_found(tiny_slice, mo
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _two_groups_with_depth_noise(seed=0, n=600, g=200):
+    """Poisson counts of two compositions, with sequencing depth varying 1.8-fold (sd) across spots."""
+    import anndata as ad
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    group = rng.random(n) < 0.5
+    base = rng.gamma(0.5, 1.0, g)
+    effect = np.ones(g)
+    effect[rng.choice(g, 20, replace=False)] = rng.uniform(2, 4, 20)
+    p = np.where(group[:, None], base * effect, base)
+    p /= p.sum(1, keepdims=True)
+    depth = np.exp(rng.normal(np.log(500), 0.6, n))
+    x = rng.poisson(p * depth[:, None]).astype(np.float32)
+    return ad.AnnData(sparse.csr_matrix(x)), group, np.log(x.sum(1))
+
+
+def test_pearson_encoder_models_depth_that_log_normalised_pcs_keep():
+    from mihd.encoders import get_gene_encoder
+
+    adata, group, log_depth = _two_groups_with_depth_noise()
+
+    def corr(z, v):
+        return np.array([abs(np.corrcoef(z[:, i], v)[0, 1]) for i in range(3)])
+
+    z = get_gene_encoder("pearson")(n_top_genes=100, n_comps=5).encode(adata)
+    assert z.shape == (600, 5) and z.dtype == np.float32
+    assert corr(z, log_depth).max() < 0.15  # depth is modelled, not left in the PCs
+    assert corr(z, group)[0] > 0.9  # the composition difference is PC1
+    # The log-normalised recipe on the same counts keeps depth in a leading PC: the contrast the
+    # encoder exists for (so this test cannot pass with the pca encoder under the pearson name).
+    zl = get_gene_encoder("pca")(n_top_genes=100, n_comps=5).encode(adata)
+    assert corr(zl, log_depth)[:2].max() > 0.6
+
+
+def test_pearson_encoder_matches_the_published_formula():
+    """All genes kept: the PCs are those of (x - mu) / sqrt(mu + mu^2 / theta), clipped at sqrt(N)."""
+    from mihd.encoders import get_gene_encoder
+
+    adata, _, _ = _two_groups_with_depth_noise(seed=1, n=200, g=40)
+    x = adata.X.toarray().astype(np.float64)
+    mu = x.sum(1, keepdims=True) * x.sum(0, keepdims=True) / x.sum()
+    r = np.clip((x - mu) / np.sqrt(mu + mu**2 / 50.0), -np.sqrt(200), np.sqrt(200))
+    r -= r.mean(0)
+    u, s, _ = np.linalg.svd(r, full_matrices=False)
+    expected = u[:, :4] * s[:4]
+    z = get_gene_encoder("pearson")(n_top_genes=40, n_comps=4, theta=50.0).encode(adata)
+    for i in range(4):  # PCs are defined up to sign
+        np.testing.assert_allclose(abs(np.corrcoef(z[:, i], expected[:, i])[0, 1]), 1.0, atol=1e-4)
+        np.testing.assert_allclose(z[:, i].std(), expected[:, i].std(), rtol=1e-3)
+
+
+def test_pearson_encoder_handles_empty_genes_and_spots():
+    import anndata as ad
+    from scipy import sparse
+
+    from mihd.encoders import get_gene_encoder
+
+    rng = np.random.default_rng(0)
+    x = rng.poisson(1.0, (80, 30)).astype(np.float32)
+    x[:, 3] = 0  # a gene never seen
+    x[5] = 0  # a spot with no UMIs
+    z = get_gene_encoder("pearson")(n_top_genes=10, n_comps=4).encode(ad.AnnData(sparse.csr_matrix(x)))
+    assert z.shape == (80, 4) and np.isfinite(z).all()
+
+
+def test_pearson_encoder_refuses_bad_input_before_computing():
+    import anndata as ad
+
+    from mihd.encoders import get_gene_encoder
+
+    enc = get_gene_encoder("pearson")
+    logged = ad.AnnData(np.log1p(np.random.default_rng(0).poisson(2.0, (50, 20)).astype(np.float32)))
+    with pytest.raises(ValueError, match=r"raw UMI counts in adata.X.*encoder.gene=pca"):
+        enc(n_top_genes=10, n_comps=3).encode(logged)
+    counts = ad.AnnData(np.ones((1000, 500), np.float32))
+    with pytest.raises(ValueError, match=r"1000 x 500 residual.*max_dense_gib"):
+        enc(n_top_genes=500, n_comps=3, max_dense_gib=1e-4).encode(counts)
+    with pytest.raises(ValueError, match="theta"):
+        enc(theta=0)
+    with pytest.raises(ValueError, match="clip"):
+        enc(clip=-1.0)
+
+
+def test_pearson_config_group_and_option_check():
+    from omegaconf import OmegaConf
+
+    from mihd._config import compose
+    from mihd.train._runner import validate_config
+
+    base = ["data=h5ad", "data.path=unused", "data.n_domains=5", "fusion=genes_only"]
+    cfg = compose("train", ["encoder=pearson", *base], stamp_run_dir=False)
+    default = compose("train", base, stamp_run_dir=False)
+    assert cfg.encoder.gene == "pearson" and "scale" not in cfg.encoder.gene_options
+    # pearson.yaml restates the image part of default.yaml (it cannot inherit gene_options): keep them equal.
+    image_keys = ["image", "image_options", "patch_context", "patch_px"]
+    assert {k: OmegaConf.to_container(cfg.encoder)[k] for k in image_keys} == {k: OmegaConf.to_container(default.encoder)[k] for k in image_keys}
+    validate_config(cfg)
+    wrong = compose("train", ["encoder.gene=pearson", *base], stamp_run_dir=False)  # keeps pca's `scale`
+    with pytest.raises(ValueError, match=r"encoder.gene_options .*'scale'.* do not fit gene encoder 'pearson'.*encoder=pearson"):
+        validate_config(wrong)
+    bad = compose("train", ["encoder=pearson", "encoder.gene_options.theta=-1", *base], stamp_run_dir=False)
+    with pytest.raises(ValueError, match="theta"):
+        validate_config(bad)
