@@ -73,6 +73,29 @@ def test_the_confirmatory_experiment_runs_fresh_seeds_and_the_pre_registered_cho
     assert set(confirm.fusions) == {compare.DEV_CHOICE, "genes_only"}
 
 
+def test_followup_section_scores_each_candidate_on_its_own_fresh_seeds(compare):
+    main = _table({"gated": [0.6] * 10, "genes_only": [0.5] * 10, "GraphST": [0.55] * 10})
+    later = _table({"genes_only [pearson]": [0.3] * 10, "genes_only": [0.6] * 10}, seeds=range(15, 20))
+    lines = compare.followups([later], ["confirm_pearson_results"], main)
+    assert lines[0].startswith("- **genes_only [pearson]** (`confirm_pearson_results`), fresh seeds 15,16,17,18,19: 0.300")
+    floor = next(line for line in lines if "genes_only:" in line)
+    graphst = next(line for line in lines if "GraphST" in line)
+    assert "behind genes_only: seeds 15,16,17,18,19, 0.600" in floor and "difference -0.300" in floor
+    assert "seeds 0,1,2,3,4" in graphst and "difference -0.250" in graphst
+    only_floor = _table({"genes_only": [0.6] * 10}, seeds=range(15, 20))
+    assert compare.followups([only_floor], ["t"], main) == ["- `t`: no finished candidate runs"]
+
+
+def test_every_pre_registered_test_spends_seeds_no_other_scored_run_used():
+    names = ["dlpfc_pair", "dlpfc_confirm", "dlpfc_confirm_context", "dlpfc_confirm_pearson"]
+    cfgs = [compose("evaluate", [f"experiment={n}"]) for n in names]
+    seen: set[int] = set()
+    for name, cfg in zip(names, cfgs):
+        assert list(cfg.slices) == ["dlpfc:151673", "dlpfc:151674"], name
+        assert not set(cfg.seeds) & seen, f"{name} reuses seeds {sorted(set(cfg.seeds) & seen)}"
+        seen |= set(cfg.seeds)
+
+
 def test_the_pre_registered_rule_picks_by_median_then_mean_then_worst_run(select):
     def rows(**levels):
         return pd.DataFrame([{"variant": v, "ari_after": a} for v, values in levels.items() for a in values])

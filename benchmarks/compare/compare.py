@@ -145,6 +145,26 @@ def confirmatory(confirm: pd.DataFrame, table: pd.DataFrame, dev_choice: str) ->
     return lines
 
 
+def followups(tests: list[pd.DataFrame], names: list[str], table: pd.DataFrame) -> list[str]:
+    """Later pre-registered tests (PREREGISTRATION.md addenda): each table's candidate methods (all but
+    the baselines) against the floor on the same fresh seeds and the peers' runs of the main table."""
+    r = _Runs(table)
+    peers = sorted(m for m in r.med.index if m in PEERS)
+    lines = []
+    for name, t in zip(names, tests):
+        c = _Runs(t)
+        candidates = [m for m in c.med.index if m not in BASELINES]
+        if not candidates:
+            lines.append(f"- `{name}`: no finished candidate runs")
+            continue
+        for m in candidates:
+            seeds = ",".join(map(str, c.seeds[m]))
+            lines.append(f"- **{m}** (`{name}`), fresh seeds {seeds}: {c.describe(m)}")
+            lines += _against(c, m, c, sorted(b for b in c.med.index if b in BASELINES), seeds_note=True)
+            lines += _against(c, m, r, peers, seeds_note=True)
+    return lines
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mihd", type=Path, nargs="+", required=True, help="mihd evaluate results.csv file(s)")
@@ -162,6 +182,13 @@ def main(argv=None) -> None:
         default=None,
         help="mihd evaluate results.csv of the pre-registered confirmatory run (fresh seeds; experiment=dlpfc_confirm)",
     )
+    ap.add_argument(
+        "--followup",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="results.csv of later pre-registered tests (PREREGISTRATION.md addenda; e.g. experiment=dlpfc_confirm_pearson)",
+    )
     args = ap.parse_args(argv)
     table = load(args.mihd + args.peers)
     confirm = load([args.confirm]) if args.confirm else None
@@ -177,6 +204,15 @@ def main(argv=None) -> None:
             "The strategy was picked by a rule fixed before its development batch ran; it ran here on seeds that "
             "no method had run before (`mihd evaluate experiment=dlpfc_confirm`). The peers' rows are their runs "
             "of the main table.\n\n" + "\n".join(confirmatory(confirm, table, args.dev_choice)) + "\n"
+        )
+    if args.followup:
+        tests = [load([f]) for f in args.followup]
+        text += (
+            "\n## Later pre-registered tests (addenda in `benchmarks/dev/PREREGISTRATION.md`)\n\n"
+            "Each candidate was screened on the development set, written down with its hypotheses and committed "
+            "before it ran here, on seeds no method had run before. None changes a default unless it holds.\n\n"
+            + "\n".join(followups(tests, [f.stem for f in args.followup], table))
+            + "\n"
         )
     text += (
         "\n## Baselines\n\n"

@@ -6,7 +6,8 @@
 # 1. mihd: `mihd evaluate experiment=dlpfc_pair` (151673 + 151674 x 5 seeds x every registered fusion,
 #    plus `genes_only [raw]`) into evaluations/dlpfc_pair/, then the pre-registered confirmatory run
 #    `mihd evaluate experiment=dlpfc_confirm` (fresh seeds 5-9; benchmarks/dev/PREREGISTRATION.md)
-#    into evaluations/dlpfc_confirm/;
+#    into evaluations/dlpfc_confirm/, and the later pre-registered tests (addenda 1 and 3:
+#    experiment=dlpfc_confirm_context, experiment=dlpfc_confirm_pearson; fresh seeds 10-14 and 15-19);
 # 2. peers: benchmarks/peers/run_all.sh (GraphST, SpaGCN in their own venv, same slices, K and seeds);
 # 3. report: benchmarks/compare/{summary.md, results.csv, ari_by_method.png}.
 #
@@ -20,10 +21,14 @@ cd "$root"
 py="${MIHD_PY:-$root/.venv/bin/python}"
 out="${MIHD_OUT:-evaluations/dlpfc_pair}"
 confirm_out="${CONFIRM_OUT:-evaluations/dlpfc_confirm}"
+followups="context pearson"  # experiment=dlpfc_confirm_<name>: the later pre-registered tests
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 if [ "${MIHD:-1}" = 1 ]; then
   "$py" -m mihd.cli evaluate experiment=dlpfc_pair "out_dir=$out"
   "$py" -m mihd.cli evaluate experiment=dlpfc_confirm "out_dir=$confirm_out"
+  for t in $followups; do
+    "$py" -m mihd.cli evaluate "experiment=dlpfc_confirm_$t" "out_dir=evaluations/dlpfc_confirm_$t"
+  done
 fi
 if [ "${PEERS:-1}" = 1 ]; then
   bash "$here/../peers/run_all.sh" || echo "some peer runs failed: see benchmarks/peers/results.md" >&2
@@ -40,4 +45,11 @@ elif [ -f "$here/confirm_results.csv" ]; then  # MIHD=0 in a fresh clone: the ro
   echo "no $confirm_out/results.csv: using the confirmatory rows of $here/confirm_results.csv" >&2
   confirm=(--confirm "$here/confirm_results.csv")
 fi
-"$py" "$here/compare.py" --mihd "$mihd_table" --peers "$here/../peers/results.csv" "${confirm[@]}" --out "$here"
+followup=()
+for t in $followups; do  # a fresh run's table is kept beside the report; a fresh clone uses the kept one
+  if [ -f "evaluations/dlpfc_confirm_$t/results.csv" ]; then
+    cp "evaluations/dlpfc_confirm_$t/results.csv" "$here/confirm_${t}_results.csv"
+  fi
+  followup+=("$here/confirm_${t}_results.csv")
+done
+"$py" "$here/compare.py" --mihd "$mihd_table" --peers "$here/../peers/results.csv" "${confirm[@]}" --followup "${followup[@]}" --out "$here"

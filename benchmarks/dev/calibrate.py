@@ -2,7 +2,7 @@
 
 No labels are read. For the real slices with counts (151673 / 151674: their counts and
 coordinates only) and for development slices of a generator preset, it prints what the
-default gene encoder makes of them (normalised, log, HVG, PCA; `_standardise` so PC1 has sd 1):
+default gene encoder (or ``--encoder``) makes of them (normalised, log, HVG, PCA; `_standardise` so PC1 has sd 1):
 
 - median UMI and detected genes per spot; sd and Moran's I (6-NN graph) of log UMI;
 - sd of PCs 1-8 relative to PC1 (the spectrum);
@@ -35,12 +35,12 @@ def moran(x: np.ndarray, graph) -> np.ndarray:
     return np.atleast_1d(sc.metrics.morans_i(graph, np.asarray(x, dtype=np.float64).T))
 
 
-def label_free_stats(adata) -> dict:
+def label_free_stats(adata, encoder: str = "default") -> dict:
     from mihd._config import compose
     from mihd.graph import build_spatial_graph
     from mihd.train._runner import _standardise, prepare_slice_inputs
 
-    cfg = compose("train", ["data=h5ad", "data.path=unused", "cache_dir=/tmp/mihd_dev_cache", "encoder.image=none"],
+    cfg = compose("train", ["data=h5ad", "data.path=unused", "cache_dir=/tmp/mihd_dev_cache", f"encoder={encoder}", "encoder.image=none"],
                   stamp_run_dir=False)
     prep = prepare_slice_inputs(cfg, adata)
     g = _standardise(prep.features)["gene"].astype(np.float64)
@@ -76,14 +76,15 @@ def main(argv=None) -> None:
     ap.add_argument("--real", nargs="*", default=["151673", "151674"], help="real slices with counts (labels unread)")
     ap.add_argument("--preset", default="v3")
     ap.add_argument("--slices", nargs="*", default=["151507", "151669", "151510"])
+    ap.add_argument("--encoder", default="default", help="encoder config group (configs/encoder), e.g. pearson")
     args = ap.parse_args(argv)
     from mihd.data import read_slice
 
     root = Path(args.data_dir) / "dlpfc"
     for s in args.real:
-        show(f"real {s}", label_free_stats(read_slice(root / s)))
+        show(f"real {s}", label_free_stats(read_slice(root / s), args.encoder))
     for s in args.slices:
-        show(f"{args.preset} {s}", label_free_stats(dlpfc_geometry_slice(root / s, seed=0, **PRESETS[args.preset])))
+        show(f"{args.preset} {s}", label_free_stats(dlpfc_geometry_slice(root / s, seed=0, **PRESETS[args.preset]), args.encoder))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ PRESETS = {
            "wm_markers": 300, "wm_fold": (1.5, 3.5), "library_sd": 0.25, "library_layer_sd": 0.3, "library_field_sd": 0.2,
            "border_mixing": True},
 }
+# v4: v3 plus rare local programs (vessel-like hotspots), calibrated on the kurtosis of the real slices'
+# Pearson-residual PCs (calibrate.py --encoder pearson), which v3 lacked.
+PRESETS["v4"] = {**PRESETS["v3"], "hotspot_programs": 3, "hotspot_genes": 8, "hotspot_fold": (2.0, 4.0), "hotspot_frac": 0.02}
 LAYER_ORDER = ("Layer_1", "Layer_2", "Layer_3", "Layer_4", "Layer_5", "Layer_6", "WM")
 
 
@@ -101,6 +104,10 @@ def dlpfc_geometry_slice(
     library_layer_sd: float = 0.0,
     library_field_sd: float = 0.0,
     border_mixing: bool = False,
+    hotspot_programs: int = 0,
+    hotspot_genes: int = 8,
+    hotspot_fold: tuple[float, float] = (2.0, 4.0),
+    hotspot_frac: float = 0.01,
 ) -> AnnData:
     """One semi-synthetic slice: real DLPFC geometry + layer map, simulated counts.
 
@@ -118,6 +125,12 @@ def dlpfc_geometry_slice(
     replaces the i.i.d. mixing of adjacent layers (any spot, anywhere in its layer) by mixing at
     borders only: each spot takes the layer of a random one of itself and its 6 nearest spots, as a
     55 µm spot straddles a border. All four draw from a third stream, so v1 / v2 slices are unchanged.
+
+    ``hotspot_programs`` > 0 adds that many rare, strong, local programs, as blood vessels
+    (haemoglobin genes) or meninges mark a few real spots: each lifts ``hotspot_genes`` genes by a
+    log fold in ``hotspot_fold`` (divided by sqrt(p + 1) for the p-th program) in small patches (a seed spot and its 6 nearest) covering about
+    ``hotspot_frac`` of the spots, anywhere in the tissue. They draw from a fourth stream, so v1-v3
+    slices are unchanged.
     """
     folder = Path(folder)
     pos, truth, xy, scale, img = _read_geometry(folder)
@@ -175,6 +188,15 @@ def dlpfc_geometry_slice(
     if library_layer_sd > 0 or library_field_sd > 0:
         field = _smooth_field(u, third, (0.5, 2.0))
         log_mu += (third.normal(0.0, library_layer_sd, k)[lab] + library_field_sd * field)[:, None]
+    if hotspot_programs > 0:
+        fourth = np.random.default_rng([seed, int(folder.name), 4])
+        _, nb7 = cKDTree(xy).query(xy, 7)
+        for p in range(hotspot_programs):
+            g = fourth.choice(n_genes, hotspot_genes, replace=False)
+            seeds = fourth.choice(n, max(1, int(round(hotspot_frac * n / 7))), replace=False)
+            spots = np.unique(nb7[seeds])
+            fold = fourth.uniform(*hotspot_fold, hotspot_genes) / np.sqrt(p + 1)  # one dominant program, weaker others
+            log_mu[np.ix_(spots, g)] += fold[None, :]
     mu = np.exp(log_mu)
     counts = rng.negative_binomial(theta, theta / (theta + mu)).astype(np.float32)
 
