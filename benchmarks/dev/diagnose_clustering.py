@@ -32,15 +32,15 @@ from sklearn.model_selection import cross_val_predict
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from semisynthetic import DEV_SLICES, PRESETS, SCORED_SLICES, dlpfc_geometry_slice  # noqa: E402
+from semisynthetic import DEV_SLICES, SCORED_SLICES, dlpfc_geometry_slice, preset_options  # noqa: E402
 
 
-def load(data_dir: Path, slice_id: str, preset: str, encoder: str = "default"):
+def load(data_dir: Path, slice_id: str, preset: str, encoder: str = "default", gen=()):
     from mihd._config import compose
     from mihd.graph import knn_indices
     from mihd.train._runner import _neighbourhood_mean, _standardise, prepare_slice_inputs
 
-    adata = dlpfc_geometry_slice(data_dir / "dlpfc" / slice_id, seed=0, **PRESETS[preset])
+    adata = dlpfc_geometry_slice(data_dir / "dlpfc" / slice_id, seed=0, **preset_options(preset, gen))
     cfg = compose("train", ["data=h5ad", "data.path=unused", "cache_dir=/tmp/mihd_dev_cache", f"encoder={encoder}"],
                   stamp_run_dir=False)
     prepared = prepare_slice_inputs(cfg, adata)

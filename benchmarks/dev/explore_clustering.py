@@ -83,6 +83,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data-dir", default=os.environ.get("MIHD_DATA_DIR", str(HERE.parents[2] / "shared" / "data")))
     ap.add_argument("--slices", nargs="+", default=list(DEV_SLICES))
     ap.add_argument("--preset", default="v3")
+    ap.add_argument("--gen", action="append", default=[], help="generator option KEY=VALUE over the preset (see semisynthetic.py)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--only", nargs="*", default=None)
     args = ap.parse_args(argv)
@@ -146,7 +147,7 @@ def main(argv=None) -> None:
     if args.only:
         variants = {n: f for n, f in variants.items() if any(o in n for o in args.only)}
     for s in args.slices:
-        d = load(Path(args.data_dir), s, args.preset)
+        d = load(Path(args.data_dir), s, args.preset, gen=args.gen)
         x, k = d["gene"], d["k"]
         line = []
         for name, fn in variants.items():

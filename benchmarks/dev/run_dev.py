@@ -22,7 +22,7 @@ import numpy as np
 
 here = Path(__file__).resolve().parent
 sys.path.insert(0, str(here))
-from semisynthetic import DEV_SLICES, PRESETS, SCORED_SLICES, dlpfc_geometry_slice  # noqa: E402
+from semisynthetic import DEV_SLICES, SCORED_SLICES, dlpfc_geometry_slice, preset_options  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -45,10 +45,7 @@ def main(argv=None) -> None:
     if bad:
         ap.error(f"--slices {sorted(bad)} are the scored slices; use dev slices: {', '.join(DEV_SLICES)}")
 
-    gen = dict(PRESETS[args.preset])
-    for g in args.gen:
-        key, _, val = g.partition("=")
-        gen[key] = tuple(float(x) for x in val.split(":")) if ":" in val else float(val)
+    gen = preset_options(args.preset, args.gen)
     from mihd._config import compose
     from mihd.train import train
 

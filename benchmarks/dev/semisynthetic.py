@@ -46,6 +46,31 @@ PRESETS = {
 # v4: v3 plus rare local programs (vessel-like hotspots), calibrated on the kurtosis of the real slices'
 # Pearson-residual PCs (calibrate.py --encoder pearson), which v3 lacked.
 PRESETS["v4"] = {**PRESETS["v3"], "hotspot_programs": 3, "hotspot_genes": 8, "hotspot_fold": (2.0, 4.0), "hotspot_frac": 0.02}
+
+
+def preset_options(preset: str, overrides=()) -> dict:
+    """A preset's generator options with ``KEY=VALUE`` overrides (``a:b`` for a range; integers stay
+    integers; true / false for switches). Unknown presets or keys are refused with what exists."""
+    import inspect
+
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown --preset {preset!r}; presets: {', '.join(PRESETS)}")
+    accepted = [p for p in inspect.signature(dlpfc_geometry_slice).parameters if p not in ("folder", "seed")]
+
+    def parse(v: str):
+        if v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        return int(v) if v.lstrip("-").isdigit() else float(v)
+
+    opts = dict(PRESETS[preset])
+    for item in overrides:
+        key, _, val = item.partition("=")
+        if key not in accepted or not val:
+            raise SystemExit(f"--gen {item!r}: use KEY=VALUE with KEY one of {', '.join(accepted)}")
+        opts[key] = tuple(parse(x) for x in val.split(":")) if ":" in val else parse(val)
+    return opts
+
+
 LAYER_ORDER = ("Layer_1", "Layer_2", "Layer_3", "Layer_4", "Layer_5", "Layer_6", "WM")
 
 
