@@ -4,9 +4,14 @@ Lause, Berens & Kobak, "Analytic Pearson residuals for normalization of single-c
 data", Genome Biology 2021 (scanpy's ``sc.experimental.pp`` implementation). Each count is
 compared with what the spot's depth alone predicts, ``mu = total_spot * total_gene / total``:
 ``r = (x - mu) / sqrt(mu + mu^2 / theta)``, clipped to ``+-sqrt(N)``. Sequencing depth is
-modelled rather than divided out, so shallow spots do not gain spurious zeros-driven structure
-the way log-normalised PCs do (on the real DLPFC slices the second log-normalised PC correlates
-0.93 with log UMI). Genes are chosen by residual variance.
+modelled rather than divided out, so shallow spots do not gain zeros-driven structure the way
+log-normalised PCs do (on the real DLPFC slices the second log-normalised PC correlates 0.93 with
+log UMI). Genes are chosen by residual variance.
+
+An option, not the default: on DLPFC 151673 / 151674 the smoothed-PCA floor scored a median ARI of
+0.411 with these residuals against 0.589 with the default log-normalised PCs (pre-registered test,
+benchmarks/dev/PREREGISTRATION.md addendum 3). The residuals favour rare, strong local programs
+(one residual PC has kurtosis 56-83 there) and the GMM spends a domain on them.
 
 The residuals are dense (spots x ``n_top_genes``): the encoder refuses, before computing, a
 matrix larger than ``max_dense_gib``; for HD slices use ``encoder.gene=pca`` with

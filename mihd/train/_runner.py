@@ -114,14 +114,16 @@ def validate_config(cfg) -> dict:
         raise ValueError(f"trainer.modality_weights has unknown modalities {unknown}; the modalities are gene and image.")
     gene = _cfg_get(cfg, "encoder.gene", "pca")
     gene_cls = get_gene_encoder(gene)
-    try:  # building the encoder checks its options' values too, before any data is read
-        gene_cls(**_to_dict(_cfg_get(cfg, "encoder.gene_options")))
+    gene_options = _to_dict(_cfg_get(cfg, "encoder.gene_options"))
+    try:
+        inspect.signature(gene_cls).bind(**gene_options)
     except TypeError:
         accepted = [p for p in inspect.signature(gene_cls).parameters if p != "self"]
+        hint = " (encoder=pearson gives it its own gene_options; encoder.gene=pearson keeps pca's)" if gene == "pearson" else ""
         raise ValueError(
-            f"encoder.gene_options {sorted(_to_dict(_cfg_get(cfg, 'encoder.gene_options')))} do not fit gene encoder "
-            f"{gene!r}; it accepts: {', '.join(accepted)} (encoder=pearson sets them for the Pearson residuals)."
+            f"encoder.gene_options {sorted(gene_options)} do not fit gene encoder {gene!r}; it accepts: {', '.join(accepted)}{hint}."
         ) from None
+    gene_cls(**gene_options)  # its own checks of the values (ValueError naming the option), before any data is read
     image = _cfg_get(cfg, "encoder.image", "stats")
     if image not in (None, "none"):
         # Building the encoder checks its options (e.g. a precomputed file that is missing).
