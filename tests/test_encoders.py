@@ -325,3 +325,21 @@ def test_pearson_config_group_and_option_check():
     bad = compose("train", ["encoder=pearson", "encoder.gene_options.theta=-1", *base], stamp_run_dir=False)
     with pytest.raises(ValueError, match="theta"):
         validate_config(bad)
+
+
+def test_gene_feature_scaling_is_declared_by_the_encoder():
+    from mihd._config import compose
+    from mihd.encoders import get_gene_encoder
+    from mihd.train._runner import _standardise, gene_scaling
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 4)) * np.array([5.0, 1.0, 0.5, 0.2])
+    profile = _standardise({"gene": x})["gene"]
+    np.testing.assert_allclose(profile.std(0), [1.0, 0.2, 0.1, 0.04], rtol=0.1)  # PC1 sd 1, ratios kept
+    np.testing.assert_allclose(_standardise({"gene": x}, "zscore")["gene"].std(0), 1.0, rtol=1e-4)
+    with pytest.raises(ValueError, match="profile"):
+        _standardise({"gene": x}, "whiten")
+    base = ["data=h5ad", "data.path=unused"]
+    assert gene_scaling(compose("train", base, stamp_run_dir=False)) == "profile"
+    assert get_gene_encoder("pearson").feature_scaling == "zscore"
+    assert gene_scaling(compose("train", ["encoder=pearson", *base], stamp_run_dir=False)) == "zscore"

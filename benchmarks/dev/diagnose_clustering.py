@@ -38,13 +38,13 @@ from semisynthetic import DEV_SLICES, SCORED_SLICES, dlpfc_geometry_slice, prese
 def load(data_dir: Path, slice_id: str, preset: str, encoder: str = "default", gen=()):
     from mihd._config import compose
     from mihd.graph import knn_indices
-    from mihd.train._runner import _neighbourhood_mean, _standardise, prepare_slice_inputs
+    from mihd.train._runner import _neighbourhood_mean, _standardise, gene_scaling, prepare_slice_inputs
 
     adata = dlpfc_geometry_slice(data_dir / "dlpfc" / slice_id, seed=0, **preset_options(preset, gen))
     cfg = compose("train", ["data=h5ad", "data.path=unused", "cache_dir=/tmp/mihd_dev_cache", f"encoder={encoder}"],
                   stamp_run_dir=False)
     prepared = prepare_slice_inputs(cfg, adata)
-    feats = _standardise(prepared.features)
+    feats = _standardise(prepared.features, gene_scaling(cfg))
     nb = knn_indices(prepared.coords, 6, include_self=True)
     truth = adata.obs["ground_truth"].astype(object).where(adata.obs["ground_truth"].notna(), None).to_numpy()
     return {

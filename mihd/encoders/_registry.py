@@ -7,7 +7,9 @@ Two kinds share one mechanism:
   ``encode``; an encoder with ``requires_fit = True`` is first given ``fit(patches)``
   with a seeded sample of the slide's own patches (self-supervised CNNs);
 - gene encoders (``@register_gene_encoder("name")``) turn an AnnData of raw counts
-  into ``(N, F)`` features via ``encode(adata)``.
+  into ``(N, F)`` features via ``encode(adata)``; ``feature_scaling = "zscore"`` asks the
+  runner to give every feature sd 1 instead of keeping the PCA variance profile (the default,
+  ``"profile"``), for encoders with a very steep spectrum.
 
 Both are built as ``cls(**options)`` and expose ``params`` (recorded, and part of
 the cache key).

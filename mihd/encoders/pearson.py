@@ -15,7 +15,8 @@ compact patch (29 / 19 spots) and merges others into one of 1,280 / 1,522 spots;
 (benchmarks/dev/README.md, "Pearson residuals"). The residual PC1 can have five times the sd of
 PC2, and the runner keeps that profile, so a trained fusion's reconstruction loss sees little but
 PC1: on one development slice every trained fusion collapsed (ARI ~0.06) where ``genes_only`` did not,
-and z-scoring each PC instead brought a trained fusion back to ~0.47.
+and z-scoring each PC instead brought a trained fusion back to ~0.47. So this encoder declares
+``feature_scaling = "zscore"`` and the runner gives each of its PCs sd 1.
 
 The residuals are dense (spots x ``n_top_genes``): the encoder refuses, before computing, a
 matrix larger than ``max_dense_gib``; for HD slices use ``encoder.gene=pca`` with
@@ -32,6 +33,8 @@ from ._registry import register_gene_encoder
 @register_gene_encoder("pearson")
 class PearsonResidualGeneEncoder:
     """Pearson-residual HVGs, residuals, PCA."""
+
+    feature_scaling = "zscore"  # the runner's gene scaling (mihd.train._runner._standardise)
 
     def __init__(
         self,

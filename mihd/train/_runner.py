@@ -124,6 +124,7 @@ def validate_config(cfg) -> dict:
             f"encoder.gene_options {sorted(gene_options)} do not fit gene encoder {gene!r}; it accepts: {', '.join(accepted)}{hint}."
         ) from None
     gene_cls(**gene_options)  # its own checks of the values (ValueError naming the option), before any data is read
+    gene_scaling(cfg)
     image = _cfg_get(cfg, "encoder.image", "stats")
     if image not in (None, "none"):
         # Building the encoder checks its options (e.g. a precomputed file that is missing).
@@ -220,13 +221,32 @@ def _normalise_coords(xy: np.ndarray) -> np.ndarray:
     return (xy / (xy.std(0).max() + 1e-12)).astype(np.float32)
 
 
-def _standardise(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-modality scaling: genes keep their PCA variance profile (scaled so PC1 has sd 1);
-    image features are z-scored since their units differ."""
+GENE_SCALINGS = ("profile", "zscore")
+
+
+def gene_scaling(cfg) -> str:
+    """How the runner scales the configured gene encoder's features: its ``feature_scaling``
+    class attribute, ``"profile"`` when it declares none."""
+    from ..encoders import get_gene_encoder
+
+    name = _cfg_get(cfg, "encoder.gene", "pca")
+    scaling = getattr(get_gene_encoder(name), "feature_scaling", "profile")
+    if scaling not in GENE_SCALINGS:
+        raise ValueError(f"gene encoder {name!r} declares feature_scaling={scaling!r}; use one of {GENE_SCALINGS}.")
+    return scaling
+
+
+def _standardise(features: dict[str, np.ndarray], gene_scaling: str = "profile") -> dict[str, np.ndarray]:
+    """Per-modality scaling. Genes: ``"profile"`` keeps the PCA variance profile (scaled so PC1 has
+    sd 1), ``"zscore"`` gives every component sd 1 (for encoders whose spectrum is so steep that a
+    reconstruction loss would see little but PC1; a gene encoder declares it as ``feature_scaling``).
+    Image features are z-scored since their units differ."""
+    if gene_scaling not in GENE_SCALINGS:
+        raise ValueError(f"gene feature scaling {gene_scaling!r}: use one of {GENE_SCALINGS}.")
     out = {}
     for m, x in features.items():
         x = x - x.mean(0)
-        if m == "gene":
+        if m == "gene" and gene_scaling == "profile":
             out[m] = (x / (x[:, 0].std() + 1e-8)).astype(np.float32)
         else:
             out[m] = (x / (x.std(0) + 1e-8)).astype(np.float32)
@@ -391,7 +411,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     t0 = time.perf_counter()
     prepared = prepare_slice_inputs(cfg, adata)
     prep_seconds = time.perf_counter() - t0
-    features = _standardise(prepared.features)
+    features = _standardise(prepared.features, gene_scaling(cfg))
 
     # ---- spatial neighbours for input smoothing (cKDTree, or the grid engine at HD scale)
     k_spatial = int(_cfg_get(cfg, "spatial.n_neighbors", 6))
