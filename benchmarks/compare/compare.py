@@ -210,7 +210,9 @@ def main(argv=None) -> None:
         text += (
             "\n## Later pre-registered tests (addenda in `benchmarks/dev/PREREGISTRATION.md`)\n\n"
             "Each candidate was screened on the development set, written down with its hypotheses and committed "
-            "before it ran here, on seeds no method had run before. None changes a default unless it holds.\n\n"
+            "before it ran here, on seeds no method had run before. None changes a default unless it holds. "
+            "A `_profile` table is the pre-registered Pearson run as recorded, before the encoder z-scored its PCs "
+            "(addendum 3); the table without it is what the current code gives on the same seeds.\n\n"
             + "\n".join(followups(tests, [f.stem for f in args.followup], table))
             + "\n"
         )

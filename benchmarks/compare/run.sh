@@ -52,4 +52,7 @@ for t in $followups; do  # a fresh run's table is kept beside the report; a fres
   fi
   followup+=("$here/confirm_${t}_results.csv")
 done
+# Kept as recorded, never rerun: the pre-registered Pearson run made before the encoder z-scored its PCs
+# (PREREGISTRATION.md, addendum 3, post-hoc re-measurement).
+followup+=("$here/confirm_pearson_profile_results.csv")
 "$py" "$here/compare.py" --mihd "$mihd_table" --peers "$here/../peers/results.csv" "${confirm[@]}" --followup "${followup[@]}" --out "$here"

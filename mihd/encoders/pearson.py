@@ -10,12 +10,11 @@ log UMI). Genes are chosen by residual variance.
 
 An option, not the default: on DLPFC 151673 / 151674 the smoothed-PCA floor scored a median ARI of
 0.411 with these residuals against 0.589 with the default log-normalised PCs (pre-registered test,
-benchmarks/dev/PREREGISTRATION.md addendum 3). There the GMM spends one of its K domains on a small
-compact patch (29 / 19 spots) and merges others into one of 1,280 / 1,522 spots; why is not known
-(benchmarks/dev/README.md, "Pearson residuals"). The residual PC1 can have five times the sd of
-PC2, and the runner keeps that profile, so a trained fusion's reconstruction loss sees little but
-PC1: on one development slice every trained fusion collapsed (ARI ~0.06) where ``genes_only`` did not,
-and z-scoring each PC instead brought a trained fusion back to ~0.47. So this encoder declares
+benchmarks/dev/PREREGISTRATION.md addendum 3), and 0.532 once the PCs were z-scored (below). With
+the PC1-sd scaling the GMM spent one of its K domains on a small compact patch (29 / 19 spots).
+The residual PC1 can have five times the sd of PC2; kept at that profile, it leaves a trained
+fusion's reconstruction loss little but PC1 (on one development slice every trained fusion collapsed
+to ARI ~0.06 where ``genes_only`` did not; z-scored, ~0.47). So this encoder declares
 ``feature_scaling = "zscore"`` and the runner gives each of its PCs sd 1.
 
 The residuals are dense (spots x ``n_top_genes``): the encoder refuses, before computing, a
