@@ -87,13 +87,30 @@ def test_followup_section_scores_each_candidate_on_its_own_fresh_seeds(compare):
 
 
 def test_every_pre_registered_test_spends_seeds_no_other_scored_run_used():
-    names = ["dlpfc_pair", "dlpfc_confirm", "dlpfc_confirm_context", "dlpfc_confirm_pearson"]
-    cfgs = [compose("evaluate", [f"experiment={n}"]) for n in names]
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tests = sorted(p.stem for p in (root / "configs" / "experiment").glob("dlpfc_confirm_*.yaml"))
+    assert {"dlpfc_confirm_context", "dlpfc_confirm_pearson"} <= set(tests)
     seen: set[int] = set()
-    for name, cfg in zip(names, cfgs):
+    for name in ["dlpfc_pair", "dlpfc_confirm", *tests]:
+        cfg = compose("evaluate", [f"experiment={name}"])
         assert list(cfg.slices) == ["dlpfc:151673", "dlpfc:151674"], name
         assert not set(cfg.seeds) & seen, f"{name} reuses seeds {sorted(set(cfg.seeds) & seen)}"
         seen |= set(cfg.seeds)
+    # Each later test and each post-hoc re-measurement is in the report that run.sh regenerates.
+    run_sh = (root / "benchmarks" / "compare" / "run.sh").read_text()
+    followups = run_sh.split('followups="', 1)[1].split('"', 1)[0].split()
+    posthocs = run_sh.split('posthocs="', 1)[1].split('"', 1)[0].split()
+    assert sorted(f"dlpfc_confirm_{t}" for t in followups) == tests
+    assert sorted(f"dlpfc_posthoc_{t}" for t in posthocs) == sorted(
+        p.stem for p in (root / "configs" / "experiment").glob("dlpfc_posthoc_*.yaml"))
+
+
+def test_posthoc_rows_are_labelled_as_spent_seeds(compare):
+    main = _table({"genes_only": [0.5] * 10, "GraphST": [0.55] * 10})
+    again = _table({"genes_only [pearson_z]": [0.52] * 10, "genes_only": [0.6] * 10}, seeds=range(15, 20))
+    assert "spent seeds 15,16,17,18,19" in compare.followups([again], ["posthoc"], main, label="spent seeds")[0]
 
 
 def test_the_pre_registered_rule_picks_by_median_then_mean_then_worst_run(select):

@@ -285,6 +285,31 @@ def test_pearson_encoder_handles_empty_genes_and_spots():
     x[5] = 0  # a spot with no UMIs
     z = get_gene_encoder("pearson")(n_top_genes=10, n_comps=4).encode(ad.AnnData(sparse.csr_matrix(x)))
     assert z.shape == (80, 4) and np.isfinite(z).all()
+    # A spot whose only count is in a gene the selection drops (genes 0-9 follow depth, so their
+    # residual variance is ~1; genes 10-19 are kept): it has no depth left after the selection.
+    group = np.arange(200) % 2
+    y = np.zeros((200, 20), np.float32)
+    y[:, :10] = rng.poisson(np.where(group[:, None] == 1, 20.0, 2.0), (200, 10))
+    y[:, 10:] = rng.poisson(3.0, (200, 10))
+    y[7] = 0
+    y[7, 7] = 1
+    z = get_gene_encoder("pearson")(n_top_genes=5, n_comps=3).encode(ad.AnnData(sparse.csr_matrix(y)))
+    assert np.isfinite(z).all()
+
+
+@pytest.mark.parametrize("name", ["pca", "pearson"])
+def test_gene_encoders_ignore_a_highly_variable_column_the_user_brought(name):
+    import anndata as ad
+    from scipy import sparse
+
+    from mihd.encoders import get_gene_encoder
+
+    adata, _, _ = _two_groups_with_depth_noise(seed=2, n=150, g=30)
+    enc = get_gene_encoder(name)(n_top_genes=30, n_comps=5)  # every gene kept: no selection runs
+    expected = enc.encode(adata)
+    marked = adata.copy()
+    marked.var["highly_variable"] = np.arange(30) < 3  # would restrict scanpy's PCA to 3 genes
+    np.testing.assert_allclose(enc.encode(marked), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_pearson_encoder_refuses_bad_input_before_computing():
@@ -294,7 +319,7 @@ def test_pearson_encoder_refuses_bad_input_before_computing():
 
     enc = get_gene_encoder("pearson")
     logged = ad.AnnData(np.log1p(np.random.default_rng(0).poisson(2.0, (50, 20)).astype(np.float32)))
-    with pytest.raises(ValueError, match=r"raw UMI counts in adata.X.*encoder.gene=pca"):
+    with pytest.raises(ValueError, match=r"raw UMI counts in adata.X.*encoder=default"):
         enc(n_top_genes=10, n_comps=3).encode(logged)
     counts = ad.AnnData(np.ones((1000, 500), np.float32))
     with pytest.raises(ValueError, match=r"1000 x 500 residual.*max_dense_gib"):
@@ -303,6 +328,8 @@ def test_pearson_encoder_refuses_bad_input_before_computing():
         enc(theta=0)
     with pytest.raises(ValueError, match="clip"):
         enc(clip=-1.0)
+    with pytest.raises(ValueError, match=r"n_top_genes must be a number, got 'abc'"):
+        enc(n_top_genes="abc")
 
 
 def test_pearson_config_group_and_option_check():
@@ -343,3 +370,21 @@ def test_gene_feature_scaling_is_declared_by_the_encoder():
     assert gene_scaling(compose("train", base, stamp_run_dir=False)) == "profile"
     assert get_gene_encoder("pearson").feature_scaling == "zscore"
     assert gene_scaling(compose("train", ["encoder=pearson", *base], stamp_run_dir=False)) == "zscore"
+    assert gene_scaling(compose("train", ["encoder.gene=pearson", *base], stamp_run_dir=False)) == "zscore"  # the attribute
+    assert gene_scaling(compose("train", ["encoder=pearson", "encoder.feature_scaling=profile", *base], stamp_run_dir=False)) == "profile"
+    with pytest.raises(ValueError, match=r"encoder.feature_scaling='whiten'"):
+        gene_scaling(compose("train", ["encoder=pearson", "encoder.feature_scaling=whiten", *base], stamp_run_dir=False))
+
+
+def test_train_scales_gene_features_as_the_config_says(tiny_slice, monkeypatch):
+    import mihd.train._runner as runner
+    from mihd._config import compose
+
+    seen = []
+    real = runner._standardise
+    monkeypatch.setattr(runner, "_standardise", lambda feats, scaling="profile": seen.append(scaling) or real(feats, scaling))
+    for extra in ([], ["encoder=pearson"]):
+        cfg = compose("train", ["data=h5ad", "data.path=unused", "data.n_domains=3", "fusion=genes_only",
+                                "encoder.image=none", "trainer.progress_bar=false", *extra], stamp_run_dir=False)
+        runner.train(cfg, adata=tiny_slice.copy(), progress=False, write=False)
+    assert seen == ["profile", "zscore"]

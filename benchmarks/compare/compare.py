@@ -145,9 +145,10 @@ def confirmatory(confirm: pd.DataFrame, table: pd.DataFrame, dev_choice: str) ->
     return lines
 
 
-def followups(tests: list[pd.DataFrame], names: list[str], table: pd.DataFrame) -> list[str]:
-    """Later pre-registered tests (PREREGISTRATION.md addenda): each table's candidate methods (all but
-    the baselines) against the floor on the same fresh seeds and the peers' runs of the main table."""
+def followups(tests: list[pd.DataFrame], names: list[str], table: pd.DataFrame, label: str = "fresh seeds") -> list[str]:
+    """Later tests (PREREGISTRATION.md addenda): each table's candidate methods (all but the
+    baselines) against the floor on the same seeds and the peers' runs of the main table. ``label``
+    says what the seeds were (``"fresh seeds"`` for a pre-registered test)."""
     r = _Runs(table)
     peers = sorted(m for m in r.med.index if m in PEERS)
     lines = []
@@ -159,7 +160,7 @@ def followups(tests: list[pd.DataFrame], names: list[str], table: pd.DataFrame) 
             continue
         for m in candidates:
             seeds = ",".join(map(str, c.seeds[m]))
-            lines.append(f"- **{m}** (`{name}`), fresh seeds {seeds}: {c.describe(m)}")
+            lines.append(f"- **{m}** (`{name}`), {label} {seeds}: {c.describe(m)}")
             lines += _against(c, m, c, sorted(b for b in c.med.index if b in BASELINES), seeds_note=True)
             lines += _against(c, m, r, peers, seeds_note=True)
     return lines
@@ -189,6 +190,13 @@ def main(argv=None) -> None:
         default=[],
         help="results.csv of later pre-registered tests (PREREGISTRATION.md addenda; e.g. experiment=dlpfc_confirm_pearson)",
     )
+    ap.add_argument(
+        "--posthoc",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="results.csv of post-hoc re-measurements on already spent seeds (reported apart; they decide nothing)",
+    )
     args = ap.parse_args(argv)
     table = load(args.mihd + args.peers)
     confirm = load([args.confirm]) if args.confirm else None
@@ -210,10 +218,17 @@ def main(argv=None) -> None:
         text += (
             "\n## Later pre-registered tests (addenda in `benchmarks/dev/PREREGISTRATION.md`)\n\n"
             "Each candidate was screened on the development set, written down with its hypotheses and committed "
-            "before it ran here, on seeds no method had run before. None changes a default unless it holds. "
-            "A `_profile` table is the pre-registered Pearson run as recorded, before the encoder z-scored its PCs "
-            "(addendum 3); the table without it is what the current code gives on the same seeds.\n\n"
+            "before it ran here, on seeds no method had run before. None changes a default unless it holds.\n\n"
             + "\n".join(followups(tests, [f.stem for f in args.followup], table))
+            + "\n"
+        )
+    if args.posthoc:
+        tests = [load([f]) for f in args.posthoc]
+        text += (
+            "\n## Post-hoc re-measurements (not tests)\n\n"
+            "Made after a test's outcome was known, on its already spent seeds (see the addendum named in each "
+            "experiment's config); they describe, and decide nothing.\n\n"
+            + "\n".join(followups(tests, [f.stem for f in args.posthoc], table, label="spent seeds"))
             + "\n"
         )
     text += (

@@ -7,7 +7,8 @@
 #    plus `genes_only [raw]`) into evaluations/dlpfc_pair/, then the pre-registered confirmatory run
 #    `mihd evaluate experiment=dlpfc_confirm` (fresh seeds 5-9; benchmarks/dev/PREREGISTRATION.md)
 #    into evaluations/dlpfc_confirm/, and the later pre-registered tests (addenda 1 and 3:
-#    experiment=dlpfc_confirm_context, experiment=dlpfc_confirm_pearson; fresh seeds 10-14 and 15-19);
+#    experiment=dlpfc_confirm_context, experiment=dlpfc_confirm_pearson; fresh seeds 10-14 and 15-19)
+#    and the post-hoc re-measurements (experiment=dlpfc_posthoc_pearson_z; reported apart);
 # 2. peers: benchmarks/peers/run_all.sh (GraphST, SpaGCN in their own venv, same slices, K and seeds);
 # 3. report: benchmarks/compare/{summary.md, results.csv, ari_by_method.png}.
 #
@@ -22,12 +23,16 @@ py="${MIHD_PY:-$root/.venv/bin/python}"
 out="${MIHD_OUT:-evaluations/dlpfc_pair}"
 confirm_out="${CONFIRM_OUT:-evaluations/dlpfc_confirm}"
 followups="context pearson"  # experiment=dlpfc_confirm_<name>: the later pre-registered tests
+posthocs="pearson_z"         # experiment=dlpfc_posthoc_<name>: re-measurements on spent seeds (decide nothing)
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 if [ "${MIHD:-1}" = 1 ]; then
   "$py" -m mihd.cli evaluate experiment=dlpfc_pair "out_dir=$out"
   "$py" -m mihd.cli evaluate experiment=dlpfc_confirm "out_dir=$confirm_out"
   for t in $followups; do
     "$py" -m mihd.cli evaluate "experiment=dlpfc_confirm_$t" "out_dir=evaluations/dlpfc_confirm_$t"
+  done
+  for t in $posthocs; do
+    "$py" -m mihd.cli evaluate "experiment=dlpfc_posthoc_$t" "out_dir=evaluations/dlpfc_posthoc_$t"
   done
 fi
 if [ "${PEERS:-1}" = 1 ]; then
@@ -52,7 +57,12 @@ for t in $followups; do  # a fresh run's table is kept beside the report; a fres
   fi
   followup+=("$here/confirm_${t}_results.csv")
 done
-# Kept as recorded, never rerun: the pre-registered Pearson run made before the encoder z-scored its PCs
-# (PREREGISTRATION.md, addendum 3, post-hoc re-measurement).
-followup+=("$here/confirm_pearson_profile_results.csv")
-"$py" "$here/compare.py" --mihd "$mihd_table" --peers "$here/../peers/results.csv" "${confirm[@]}" --followup "${followup[@]}" --out "$here"
+posthoc=()
+for t in $posthocs; do
+  if [ -f "evaluations/dlpfc_posthoc_$t/results.csv" ]; then
+    cp "evaluations/dlpfc_posthoc_$t/results.csv" "$here/posthoc_${t}_results.csv"
+  fi
+  posthoc+=("$here/posthoc_${t}_results.csv")
+done
+"$py" "$here/compare.py" --mihd "$mihd_table" --peers "$here/../peers/results.csv" "${confirm[@]}" \
+  --followup "${followup[@]}" --posthoc "${posthoc[@]}" --out "$here"

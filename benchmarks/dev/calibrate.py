@@ -2,7 +2,7 @@
 
 No labels are read. For the real slices with counts (151673 / 151674: their counts and
 coordinates only) and for development slices of a generator preset, it prints what the
-default gene encoder (or ``--encoder``) makes of them (normalised, log, HVG, PCA; `_standardise` so PC1 has sd 1):
+default gene encoder (normalised, log, HVG, PCA) or ``--encoder`` makes of them (`_standardise` so PC1 has sd 1):
 
 - median UMI and detected genes per spot; sd and Moran's I (6-NN graph) of log UMI;
 - sd of PCs 1-8 relative to PC1 (the spectrum);
@@ -25,7 +25,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from semisynthetic import PRESETS, dlpfc_geometry_slice  # noqa: E402
+from semisynthetic import dlpfc_geometry_slice, preset_options  # noqa: E402
 
 
 def moran(x: np.ndarray, graph) -> np.ndarray:
@@ -43,6 +43,8 @@ def label_free_stats(adata, encoder: str = "default") -> dict:
     cfg = compose("train", ["data=h5ad", "data.path=unused", "cache_dir=/tmp/mihd_dev_cache", f"encoder={encoder}", "encoder.image=none"],
                   stamp_run_dir=False)
     prep = prepare_slice_inputs(cfg, adata)
+    # PC1-sd scaling whatever the encoder declares: the sd / PC1 ratios need it; Moran's I, kurtosis
+    # and correlations do not depend on scale.
     g = _standardise(prep.features)["gene"].astype(np.float64)
     graph = build_spatial_graph(prep.coords, n_neighbors=6, symmetric=False)  # each spot -> its 6 nearest
     umi = np.asarray(adata.X.sum(1)).ravel()
@@ -84,7 +86,7 @@ def main(argv=None) -> None:
     for s in args.real:
         show(f"real {s}", label_free_stats(read_slice(root / s), args.encoder))
     for s in args.slices:
-        show(f"{args.preset} {s}", label_free_stats(dlpfc_geometry_slice(root / s, seed=0, **PRESETS[args.preset]), args.encoder))
+        show(f"{args.preset} {s}", label_free_stats(dlpfc_geometry_slice(root / s, seed=0, **preset_options(args.preset)), args.encoder))
 
 
 if __name__ == "__main__":

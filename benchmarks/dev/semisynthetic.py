@@ -67,7 +67,10 @@ def preset_options(preset: str, overrides=()) -> dict:
         key, _, val = item.partition("=")
         if key not in accepted or not val:
             raise SystemExit(f"--gen {item!r}: use KEY=VALUE with KEY one of {', '.join(accepted)}")
-        opts[key] = tuple(parse(x) for x in val.split(":")) if ":" in val else parse(val)
+        try:
+            opts[key] = tuple(parse(x) for x in val.split(":")) if ":" in val else parse(val)
+        except ValueError:
+            raise SystemExit(f"--gen {item!r}: {key} takes a number, a range a:b, or true / false") from None
     return opts
 
 

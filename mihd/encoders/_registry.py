@@ -9,7 +9,8 @@ Two kinds share one mechanism:
 - gene encoders (``@register_gene_encoder("name")``) turn an AnnData of raw counts
   into ``(N, F)`` features via ``encode(adata)``; ``feature_scaling = "zscore"`` asks the
   runner to give every feature sd 1 instead of keeping the PCA variance profile (the default,
-  ``"profile"``), for encoders with a very steep spectrum.
+  ``"profile"``), for encoders with a very steep spectrum (a config's ``encoder.feature_scaling``
+  overrides it and, unlike the attribute, is part of the run key).
 
 Both are built as ``cls(**options)`` and expose ``params`` (recorded, and part of
 the cache key).

@@ -30,6 +30,8 @@ class PCAGeneEncoder:
         import scanpy as sc
 
         a = adata.copy()
+        # scanpy's PCA would use a `highly_variable` column the user brought; the selection below is ours.
+        a.var = a.var.drop(columns=["highly_variable"], errors="ignore")
         a.X = a.X.astype(np.float32)
         sc.pp.normalize_total(a, target_sum=self.target_sum)
         sc.pp.log1p(a)

@@ -18,8 +18,8 @@ to ARI ~0.06 where ``genes_only`` did not; z-scored, ~0.47). So this encoder dec
 ``feature_scaling = "zscore"`` and the runner gives each of its PCs sd 1.
 
 The residuals are dense (spots x ``n_top_genes``): the encoder refuses, before computing, a
-matrix larger than ``max_dense_gib``; for HD slices use ``encoder.gene=pca`` with
-``scale=false``, or fewer genes.
+matrix larger than ``max_dense_gib``; for HD slices use ``encoder=default`` with
+``encoder.gene_options.scale=false``, or fewer genes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ from __future__ import annotations
 import numpy as np
 
 from ._registry import register_gene_encoder
+
+
+def _number(kind, name: str, value):
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"encoder.gene_options.{name} must be a number, got {value!r}.") from None
 
 
 @register_gene_encoder("pearson")
@@ -44,6 +51,9 @@ class PearsonResidualGeneEncoder:
         max_dense_gib: float = 4.0,
         seed: int = 0,
     ):
+        n_top_genes, n_comps = _number(int, "n_top_genes", n_top_genes), _number(int, "n_comps", n_comps)
+        theta, max_dense_gib = _number(float, "theta", theta), _number(float, "max_dense_gib", max_dense_gib)
+        clip = None if clip is None else _number(float, "clip", clip)
         if n_comps < 2:
             raise ValueError(f"encoder.gene_options.n_comps must be >= 2, got {n_comps}.")
         if n_top_genes < 2:
@@ -68,14 +78,14 @@ class PearsonResidualGeneEncoder:
             raise ValueError(
                 f"encoder.gene=pearson would hold a dense {adata.n_obs} x {min(self.n_top_genes, adata.n_vars)} residual "
                 f"matrix ({gib:.1f} GiB > encoder.gene_options.max_dense_gib={self.max_dense_gib:g}). Use fewer genes "
-                "(encoder.gene_options.n_top_genes), raise max_dense_gib, or encoder.gene=pca with scale=false for HD slices."
+                "(encoder.gene_options.n_top_genes), raise max_dense_gib, or use encoder=default encoder.gene_options.scale=false for HD slices."
             )
         sample = x[: min(adata.n_obs, 2000)]
         vals = sample.data if sparse.issparse(sample) else np.asarray(sample).ravel()
         if vals.size and (vals.min() < 0 or not np.allclose(vals, np.round(vals))):
             raise ValueError(
                 "encoder.gene=pearson needs raw UMI counts in adata.X (non-negative integers); this X holds "
-                f"values such as {vals[(vals < 0) | (vals != np.round(vals))][:3].tolist()}. Put the counts in X, or use encoder.gene=pca."
+                f"values such as {vals[(vals < 0) | (vals != np.round(vals))][:3].tolist()}. Put the counts in X, or use encoder=default."
             )
 
     def encode(self, adata) -> np.ndarray:
@@ -84,6 +94,8 @@ class PearsonResidualGeneEncoder:
 
         self._check(adata)
         a = adata.copy()
+        # scanpy's PCA would use a `highly_variable` column the user brought; the selection below is ours.
+        a.var = a.var.drop(columns=["highly_variable"], errors="ignore")
         a.X = a.X.astype(np.float32)
         # A gene or spot with no counts has mu = 0 and a 0/0 residual: such genes are dropped,
         # such spots keep residual 0 (depth predicts nothing there) and do not vote for genes.
@@ -96,6 +108,7 @@ class PearsonResidualGeneEncoder:
             votes = a[has_counts].copy()
             sc.experimental.pp.highly_variable_genes(votes, flavor="pearson_residuals", n_top_genes=n_top, theta=self.theta, clip=self.clip)
             a = a[:, votes.var["highly_variable"].to_numpy()].copy()
+            has_counts = np.asarray(a.X.sum(1)).ravel() > 0  # a spot may have counts only in unchosen genes
         with np.errstate(divide="ignore", invalid="ignore"):  # the zero-count spots, reset below
             sc.experimental.pp.normalize_pearson_residuals(a, theta=self.theta, clip=self.clip)
         a.X[~has_counts] = 0.0

@@ -119,7 +119,8 @@ def validate_config(cfg) -> dict:
         inspect.signature(gene_cls).bind(**gene_options)
     except TypeError:
         accepted = [p for p in inspect.signature(gene_cls).parameters if p != "self"]
-        hint = " (encoder=pearson gives it its own gene_options; encoder.gene=pearson keeps pca's)" if gene == "pearson" else ""
+        hint = (" (encoder=pearson gives it its own gene_options; encoder.gene=pearson keeps pca's)" if gene == "pearson"
+                else " (encoder=default resets gene_options; encoder.gene=pca keeps the previous encoder's)")
         raise ValueError(
             f"encoder.gene_options {sorted(gene_options)} do not fit gene encoder {gene!r}; it accepts: {', '.join(accepted)}{hint}."
         ) from None
@@ -225,28 +226,31 @@ GENE_SCALINGS = ("profile", "zscore")
 
 
 def gene_scaling(cfg) -> str:
-    """How the runner scales the configured gene encoder's features: its ``feature_scaling``
-    class attribute, ``"profile"`` when it declares none."""
+    """How the runner scales the gene features: ``encoder.feature_scaling`` when the config sets it
+    (so it is part of every run's key), else the gene encoder's ``feature_scaling`` class attribute,
+    else ``"profile"``."""
     from ..encoders import get_gene_encoder
 
     name = _cfg_get(cfg, "encoder.gene", "pca")
-    scaling = getattr(get_gene_encoder(name), "feature_scaling", "profile")
+    scaling = _cfg_get(cfg, "encoder.feature_scaling")
+    if scaling is None:
+        scaling = getattr(get_gene_encoder(name), "feature_scaling", "profile")
     if scaling not in GENE_SCALINGS:
-        raise ValueError(f"gene encoder {name!r} declares feature_scaling={scaling!r}; use one of {GENE_SCALINGS}.")
+        raise ValueError(f"encoder.feature_scaling={scaling!r} (gene encoder {name!r}); use one of {', '.join(GENE_SCALINGS)}.")
     return scaling
 
 
-def _standardise(features: dict[str, np.ndarray], gene_scaling: str = "profile") -> dict[str, np.ndarray]:
+def _standardise(features: dict[str, np.ndarray], scaling: str = "profile") -> dict[str, np.ndarray]:
     """Per-modality scaling. Genes: ``"profile"`` keeps the PCA variance profile (scaled so PC1 has
     sd 1), ``"zscore"`` gives every component sd 1 (for encoders whose spectrum is so steep that a
     reconstruction loss would see little but PC1; a gene encoder declares it as ``feature_scaling``).
     Image features are z-scored since their units differ."""
-    if gene_scaling not in GENE_SCALINGS:
-        raise ValueError(f"gene feature scaling {gene_scaling!r}: use one of {GENE_SCALINGS}.")
+    if scaling not in GENE_SCALINGS:
+        raise ValueError(f"gene feature scaling {scaling!r}: use one of {', '.join(GENE_SCALINGS)}.")
     out = {}
     for m, x in features.items():
         x = x - x.mean(0)
-        if m == "gene" and gene_scaling == "profile":
+        if m == "gene" and scaling == "profile":
             out[m] = (x / (x[:, 0].std() + 1e-8)).astype(np.float32)
         else:
             out[m] = (x / (x.std(0) + 1e-8)).astype(np.float32)
