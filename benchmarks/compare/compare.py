@@ -213,24 +213,18 @@ def main(argv=None) -> None:
             "no method had run before (`mihd evaluate experiment=dlpfc_confirm`). The peers' rows are their runs "
             "of the main table.\n\n" + "\n".join(confirmatory(confirm, table, args.dev_choice)) + "\n"
         )
-    if args.followup:
-        tests = [load([f]) for f in args.followup]
-        text += (
-            "\n## Later pre-registered tests (addenda in `benchmarks/dev/PREREGISTRATION.md`)\n\n"
-            "Each candidate was screened on the development set, written down with its hypotheses and committed "
-            "before it ran here, on seeds no method had run before. None changes a default unless it holds.\n\n"
-            + "\n".join(followups(tests, [f.stem for f in args.followup], table))
-            + "\n"
-        )
-    if args.posthoc:
-        tests = [load([f]) for f in args.posthoc]
-        text += (
-            "\n## Post-hoc re-measurements (not tests)\n\n"
-            "Made after a test's outcome was known, on its already spent seeds (see the addendum named in each "
-            "experiment's config); they describe, and decide nothing.\n\n"
-            + "\n".join(followups(tests, [f.stem for f in args.posthoc], table, label="spent seeds"))
-            + "\n"
-        )
+    sections = [
+        (args.followup, "fresh seeds", "Later pre-registered tests (addenda in `benchmarks/dev/PREREGISTRATION.md`)",
+         "Each candidate was screened on the development set, written down with its hypotheses and committed "
+         "before it ran here, on seeds no method had run before. None changes a default unless it holds."),
+        (args.posthoc, "spent seeds", "Post-hoc re-measurements (not tests)",
+         "Made after a test's outcome was known, on its already spent seeds (see the addendum named in each "
+         "experiment's config); they describe, and decide nothing."),
+    ]
+    for paths, label, heading, intro in sections:
+        if paths:
+            rows = followups([load([f]) for f in paths], [f.stem for f in paths], table, label=label)
+            text += f"\n## {heading}\n\n{intro}\n\n" + "\n".join(rows) + "\n"
     text += (
         "\n## Baselines\n\n"
         + "\n".join(f"- `{m}`: {d}, clustered and refined exactly like every fusion" for m, d in BASELINES.items())
