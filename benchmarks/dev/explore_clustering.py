@@ -202,18 +202,13 @@ def _pursuit(x, m, seed):
 
 
 def _pearson(d):
-    """Analytic Pearson residuals (Lause et al. 2021): 3000 HVGs by residual variance, 30 PCs,
+    """mihd's `pearson` gene encoder (analytic Pearson residuals, 3000 genes, 30 PCs), each PC
     standardised, then the 6-NN mean (as the floor's input)."""
-    import scanpy as sc
+    from mihd.encoders import get_gene_encoder
+    from mihd.train._runner import _neighbourhood_mean, _standardise
 
-    from mihd.train._runner import _neighbourhood_mean
-
-    a = d["adata"].copy()
-    a.X = a.X.astype(np.float32)
-    sc.experimental.pp.recipe_pearson_residuals(a, n_top_genes=3000, n_comps=30, random_state=0)
-    z = a.obsm["X_pca"]
-    z = (z - z.mean(0)) / z.std(0)
-    return _neighbourhood_mean(z.astype(np.float32), d["nb"])
+    z = _standardise({"gene": get_gene_encoder("pearson")().encode(d["adata"])}, "zscore")["gene"]
+    return _neighbourhood_mean(z, d["nb"])
 
 
 def _ncut(d, x, k, seed, h, embed_only=False):
@@ -232,11 +227,9 @@ def _ncut(d, x, k, seed, h, embed_only=False):
     deg = np.asarray(a.sum(1)).ravel()
     dinv = sparse.diags(1.0 / np.sqrt(deg))
     m = dinv @ a @ dinv
-    vals, vecs = eigsh(m, k=k, which="LA", v0=np.random.default_rng(seed).random(n))
-    if embed_only:
-        return (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
-    u = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-    return KMeans(k, n_init=10, random_state=seed).fit_predict(u)
+    _, vecs = eigsh(m, k=k, which="LA", v0=np.random.default_rng(seed).random(n))
+    u = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)  # rows on the unit sphere
+    return u if embed_only else KMeans(k, n_init=10, random_state=seed).fit_predict(u)
 
 
 def _maf(d, m):
@@ -247,7 +240,7 @@ def _maf(d, m):
     x = d["gene"] - d["gene"].mean(0)
     nb = d["nb"][:, 1:]
     diff = (x[:, None, :] - x[nb]).reshape(-1, x.shape[1])
-    vals, vecs = eigh(diff.T @ diff / diff.shape[0], x.T @ x / x.shape[0])
+    _, vecs = eigh(diff.T @ diff / diff.shape[0], x.T @ x / x.shape[0])
     return (x @ vecs[:, :m]).astype(np.float32)
 
 

@@ -156,8 +156,8 @@ def dlpfc_geometry_slice(
 
     ``hotspot_programs`` > 0 adds that many rare, strong, local programs, as blood vessels
     (haemoglobin genes) or meninges mark a few real spots: each lifts ``hotspot_genes`` genes by a
-    log fold in ``hotspot_fold`` (divided by sqrt(p + 1) for the p-th program) in small patches (a seed spot and its 6 nearest) covering about
-    ``hotspot_frac`` of the spots, anywhere in the tissue. They draw from a fourth stream, so v1-v3
+    log fold in ``hotspot_fold`` (divided by sqrt(p + 1) for the p-th program) in small patches (a
+    seed spot and its 6 nearest) covering about ``hotspot_frac`` of the spots, anywhere in the tissue. They draw from a fourth stream, so v1-v3
     slices are unchanged.
     """
     folder = Path(folder)

@@ -62,8 +62,8 @@ class PearsonResidualGeneEncoder:
             raise ValueError(f"encoder.gene_options.theta (the negative-binomial overdispersion) must be > 0, got {theta}; 100 is the published default.")
         if clip is not None and not clip > 0:
             raise ValueError(f"encoder.gene_options.clip must be > 0 or null (sqrt(n_spots)), got {clip}.")
-        self.n_top_genes, self.n_comps, self.theta, self.clip = int(n_top_genes), int(n_comps), float(theta), clip
-        self.max_dense_gib, self.seed = float(max_dense_gib), int(seed)
+        self.n_top_genes, self.n_comps, self.theta, self.clip = n_top_genes, n_comps, theta, clip
+        self.max_dense_gib, self.seed = max_dense_gib, _number(int, "seed", seed)
 
     @property
     def params(self) -> dict:
