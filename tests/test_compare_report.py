@@ -138,3 +138,66 @@ def test_selection_can_pool_batches_run_on_the_same_cells_and_restrict_variants(
     pd.DataFrame(rows[:-1]).to_csv(table, index=False)  # one cell of z missing: an incomplete pooled batch
     with pytest.raises(SystemExit, match="incomplete"):
         select.main(["--results", str(table), "--tag", "t1", "t2"])
+
+
+# --------------------------------------------------------------------------- real development set
+
+
+def test_the_real_development_experiment_plans_the_ten_unscored_slices(load_script):
+    gen = load_script("benchmarks/dev/semisynthetic.py")
+    cfg = compose("evaluate", ["experiment=dlpfc_dev_real"])
+    ids = [s.split(":", 1)[1] for s in cfg.slices]
+    assert sorted(ids) == sorted(gen.DEV_SLICES) and not set(ids) & gen.SCORED_SLICES
+    assert list(cfg.seeds) == [0, 1, 2] and cfg.fusions == "all"  # every registered fusion
+
+
+def test_the_real_development_set_names_the_missing_counts_before_running(data_dir, tmp_path, monkeypatch):
+    from mihd.evaluate import PlanError, build_plan
+
+    if not (data_dir / "dlpfc" / "151507" / "truth.tsv").is_file():
+        pytest.skip(f"DLPFC geometry not found under {data_dir} (set MIHD_DATA_DIR)")
+    if (data_dir / "dlpfc" / "151507" / "filtered_feature_bc_matrix.h5").is_file():
+        pytest.skip("the development slices' counts are present here: nothing is missing")
+    monkeypatch.setenv("MIHD_DATA_DIR", str(data_dir))
+    with pytest.raises(PlanError, match=r"10 problems(.|\n)*dlpfc_151676.*filtered_feature_bc_matrix.h5"):
+        build_plan(compose("evaluate", ["experiment=dlpfc_dev_real", "seeds=[0]", "fusions=[genes_only]", f"out_dir={tmp_path}"]))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_real_development_runs_feed_the_pre_registered_rule(data_dir, tmp_path, monkeypatch, load_script, select, capsys):
+    """End to end on one development slice whose counts are placed beside its real geometry (simulated
+    here, so the test runs without them): mihd evaluate writes the table and the rule reads it."""
+    from mihd.cli import main
+    from mihd.data._visium import write_10x_h5
+
+    real = data_dir / "dlpfc" / "151507"
+    if not (real / "truth.tsv").is_file():
+        pytest.skip(f"DLPFC geometry not found under {data_dir} (set MIHD_DATA_DIR)")
+    gen = load_script("benchmarks/dev/semisynthetic.py")
+    folder = tmp_path / "data" / "dlpfc" / "151507"
+    folder.mkdir(parents=True)
+    for name in ("spatial", "truth.tsv"):
+        (folder / name).symlink_to(real / name)
+    adata = gen.dlpfc_geometry_slice(real, seed=0, **{**gen.PRESETS["v3"], "n_genes": 400})
+    write_10x_h5(adata, folder / "filtered_feature_bc_matrix.h5", library_id="151507", writer="test")
+    monkeypatch.setenv("MIHD_DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "ev"
+    args = ["evaluate", "experiment=dlpfc_dev_real", "slices=[dlpfc:151507]", "seeds=[0]", "fusions=[concat,genes_only]",
+            f"out_dir={out}", "workers=2", "encoder.gene_options.n_top_genes=200", "encoder.gene_options.n_comps=10", "trainer=fast"]
+    assert main(args) == 0
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 3 and (table["status"] == "ok").all()  # 2 fusions + genes_only [raw]
+    capsys.readouterr()
+    select.main(["--evaluate", str(out / "results.csv")])
+    printed = capsys.readouterr().out
+    floor = table.set_index(["fusion", "variant"]).loc[("genes_only", "default"), "ari_after"]
+    assert f"| floor (floor) | {floor:.3f} |" in printed and "raw" not in printed  # the raw PCA is no candidate
+    assert "chosen by the pre-registered rule: concat" in printed
+    # A table with a scored slice, or with an unfinished run, is refused.
+    scored = table.assign(slice="dlpfc_151673")
+    scored.to_csv(tmp_path / "scored.csv", index=False)
+    with pytest.raises(SystemExit, match="scored slice"):
+        select.main(["--evaluate", str(tmp_path / "scored.csv")])
+    table.assign(status=["failed"] + ["ok"] * (len(table) - 1)).to_csv(tmp_path / "failed.csv", index=False)
+    with pytest.raises(SystemExit, match="not ok"):
+        select.main(["--evaluate", str(tmp_path / "failed.csv")])

@@ -138,6 +138,10 @@ def main(argv=None) -> None:
         "spectral ncut eigvecs (2K) + smoothed PCs -> gmm": lambda d, x, k, sd: cluster_embedding(
             np.hstack([x, _ncut(d, x, 2 * k, sd, 0.25, embed_only=True)]), k, method="gmm", seed=sd),
         "log UMI regressed out of the PCs, then smoothed": lambda d, x, k, sd: cluster_embedding(_without_depth(d), k, method="gmm", seed=sd),
+        "AGF18: smoothed PCs + gradient magnitude stacked": lambda d, x, k, sd: cluster_embedding(
+            np.hstack([x, _agf(d, 18)]), k, method="gmm", seed=sd),
+        "AGF18: stacked, PCA 30": lambda d, x, k, sd: cluster_embedding(_pca(np.hstack([x, _agf(d, 18)]), 30), k, method="gmm", seed=sd),
+        "BANKSY-like: own 0.2, 18-NN mean, AGF18 -> PCA 20": lambda d, x, k, sd: cluster_embedding(_banksy(d, 0.8, 20), k, method="gmm", seed=sd),
     }
 
     def _maha(x, k, sd, d):
@@ -251,6 +255,43 @@ def _without_depth(d):
     design = np.column_stack([np.ones_like(d["log_umi"]), d["log_umi"]])
     coef, *_ = np.linalg.lstsq(design, d["raw_gene"], rcond=None)
     return _neighbourhood_mean((d["raw_gene"] - design @ coef).astype(np.float32), d["nb"])
+
+
+def _agf(d, k):
+    """First-order azimuthal Gabor filter (BANKSY, Singhal et al. 2024) of the raw gene PCs: per PC
+    the magnitude |sum_j w_ij (x_j - m_i) exp(i phi_ij)| over the k nearest spots, w a Gaussian kernel
+    of distance (sd: the median neighbour distance), phi_ij the direction from spot i to spot j, m_i
+    the weighted mean. Large where expression changes across the neighbourhood (a border), small inside
+    a domain."""
+    from mihd.graph import knn_indices
+
+    xy = np.asarray(d["xy"], float)
+    nb = knn_indices(xy, k, include_self=False)
+    vec = xy[nb] - xy[:, None, :]
+    dist = np.linalg.norm(vec, axis=-1)
+    w = np.exp(-0.5 * (dist / np.median(dist)) ** 2)
+    w /= w.sum(1, keepdims=True)
+    phase = np.exp(1j * np.arctan2(vec[..., 1], vec[..., 0]))
+    xn = d["raw_gene"][nb]  # (n, k, f)
+    centred = xn - (w[..., None] * xn).sum(1, keepdims=True)
+    return np.abs((w[..., None] * phase[..., None] * centred).sum(1)).astype(np.float32)
+
+
+def _pca(x, m):
+    from sklearn.decomposition import PCA
+
+    return PCA(m, random_state=0).fit_transform(x - x.mean(0)).astype(np.float32)
+
+
+def _banksy(d, lam, m):
+    """BANKSY's feature matrix on the gene PCs: own (sqrt(1 - lam)), 18-NN mean (sqrt(lam / 2)) and AGF
+    (sqrt(lam / 2)), each block z-scored, then PCA."""
+
+    def z(a):
+        return (a - a.mean(0)) / (a.std(0) + 1e-8)
+
+    blocks = [np.sqrt(1 - lam) * z(d["raw_gene"]), np.sqrt(lam / 2) * z(_smooth(d, 18)), np.sqrt(lam / 2) * z(_agf(d, 18))]
+    return _pca(np.hstack(blocks), m)
 
 
 def knn_graph(nb):

@@ -9,18 +9,55 @@ predicted the scored one (a diagnostic of the development set, never an input to
     .venv/bin/python benchmarks/dev/select_strategy.py --tag v2-zoo-prereg
     .venv/bin/python benchmarks/dev/select_strategy.py --tag v2-zoo-prereg --scored benchmarks/compare/results.csv
     .venv/bin/python benchmarks/dev/select_strategy.py --tag v3-validate v3-screen v3-zoo --scored benchmarks/compare/results.csv
+
+``--evaluate`` reads a ``mihd evaluate`` results table instead (``experiment=dlpfc_dev_real``: the
+ten unscored slices with real counts, once those are local): the default variant's fusions, with
+``genes_only`` as the floor. A table holding a scored slice is refused.
+
+    .venv/bin/python benchmarks/dev/select_strategy.py --evaluate evaluations/dlpfc_dev_real/results.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from semisynthetic import SCORED_SLICES  # noqa: E402
+
 FLOOR = "floor"
 TIE = 0.001
+
+
+def evaluate_rows(path: Path) -> pd.DataFrame:
+    """A ``mihd evaluate`` results.csv as development rows (variant, slice, seed, ari_after).
+
+    Only the ``default`` variant's runs count (``genes_only [raw]`` and other variants are not
+    candidates); ``genes_only`` is the floor. Failed or unfinished runs make the batch incomplete:
+    the rule is applied to whole batches only.
+    """
+    table = pd.read_csv(path)
+    missing = {"status", "slice", "fusion", "variant", "seed", "ari_after"} - set(table.columns)
+    if missing:
+        raise SystemExit(f"{path}: not a mihd evaluate results table (no column {', '.join(sorted(missing))})")
+    scored = sorted({s for s in table["slice"].astype(str) if s.rsplit("_", 1)[-1] in SCORED_SLICES})
+    if scored:
+        raise SystemExit(f"{path}: holds the scored slice(s) {scored}; the rule may only read development slices")
+    table = table[table["variant"] == "default"]
+    bad = table[table["status"] != "ok"]
+    if not bad.empty:
+        raise SystemExit(f"{path}: {len(bad)} run(s) not ok (e.g. {bad['run_id'].iloc[0]}); rerun the evaluation to finish them")
+    return pd.DataFrame({
+        "tag": "evaluate",
+        "variant": table["fusion"].replace({"genes_only": FLOOR}),
+        "slice": table["slice"],
+        "seed": table["seed"],
+        "ari_after": table["ari_after"],
+    })
 
 
 def per_variant(rows: pd.DataFrame) -> pd.DataFrame:
@@ -40,12 +77,18 @@ def choose(stats: pd.DataFrame) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=HERE / "results.csv")
-    ap.add_argument("--tag", required=True, nargs="+", help="one batch tag, or several batches run on the same cells")
+    ap.add_argument("--tag", nargs="+", help="one batch tag, or several batches run on the same cells")
+    ap.add_argument("--evaluate", type=Path, default=None, help="a mihd evaluate results.csv (experiment=dlpfc_dev_real)")
     ap.add_argument("--only", nargs="*", default=None, help="restrict to these variants (e.g. to compare two batches' rankings)")
     ap.add_argument("--scored", type=Path, default=None, help="benchmarks/compare/results.csv, read after the choice")
     args = ap.parse_args(argv)
-    rows = pd.read_csv(args.results)
-    rows = rows[rows["tag"].isin(args.tag)]
+    if (args.evaluate is None) == (args.tag is None):
+        ap.error("give exactly one of --tag (a batch of results.csv) and --evaluate (a mihd evaluate table)")
+    if args.evaluate is not None:
+        rows, args.tag, args.results = evaluate_rows(args.evaluate), ["evaluate"], args.evaluate
+    else:
+        rows = pd.read_csv(args.results)
+        rows = rows[rows["tag"].isin(args.tag)]
     if args.only:
         rows = rows[rows["variant"].isin(args.only)]
     if rows.empty:
