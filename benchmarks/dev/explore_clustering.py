@@ -187,11 +187,18 @@ def _quantile(x):
     return QuantileTransformer(output_distribution="normal", n_quantiles=min(1000, x.shape[0])).fit_transform(x)
 
 
+def _once(d, key, make):
+    """A seed-free feature of slice ``d``, computed once and kept in ``d`` (variants x seeds reuse it)."""
+    if key not in d:
+        d[key] = make()
+    return d[key]
+
+
 def _smooth(d, k):
     from mihd.graph import knn_indices
     from mihd.train._runner import _neighbourhood_mean
 
-    return _neighbourhood_mean(d["raw_gene"], knn_indices(d["xy"], k, include_self=True))
+    return _once(d, ("smooth", k), lambda: _neighbourhood_mean(d["raw_gene"], knn_indices(d["xy"], k, include_self=True)))
 
 
 def _pursuit(x, m, seed):
@@ -265,16 +272,19 @@ def _agf(d, k):
     a domain."""
     from mihd.graph import knn_indices
 
-    xy = np.asarray(d["xy"], float)
-    nb = knn_indices(xy, k, include_self=False)
-    vec = xy[nb] - xy[:, None, :]
-    dist = np.linalg.norm(vec, axis=-1)
-    w = np.exp(-0.5 * (dist / np.median(dist)) ** 2)
-    w /= w.sum(1, keepdims=True)
-    phase = np.exp(1j * np.arctan2(vec[..., 1], vec[..., 0]))
-    xn = d["raw_gene"][nb]  # (n, k, f)
-    centred = xn - (w[..., None] * xn).sum(1, keepdims=True)
-    return np.abs((w[..., None] * phase[..., None] * centred).sum(1)).astype(np.float32)
+    def make():
+        xy = np.asarray(d["xy"], float)
+        nb = knn_indices(xy, k, include_self=False)
+        vec = xy[nb] - xy[:, None, :]
+        dist = np.linalg.norm(vec, axis=-1)
+        w = np.exp(-0.5 * (dist / np.median(dist)) ** 2)
+        w /= w.sum(1, keepdims=True)
+        phase = np.exp(1j * np.arctan2(vec[..., 1], vec[..., 0]))
+        xn = d["raw_gene"][nb]  # (n, k, f)
+        centred = xn - (w[..., None] * xn).sum(1, keepdims=True)
+        return np.abs((w[..., None] * phase[..., None] * centred).sum(1)).astype(np.float32)
+
+    return _once(d, ("agf", k), make)
 
 
 def _pca(x, m):
@@ -285,13 +295,12 @@ def _pca(x, m):
 
 def _banksy(d, lam, m):
     """BANKSY's feature matrix on the gene PCs: own (sqrt(1 - lam)), 18-NN mean (sqrt(lam / 2)) and AGF
-    (sqrt(lam / 2)), each block z-scored, then PCA."""
+    (sqrt(lam / 2)), each block z-scored per column, then PCA."""
+    from mihd.train._runner import _standardise
 
-    def z(a):
-        return (a - a.mean(0)) / (a.std(0) + 1e-8)
-
-    blocks = [np.sqrt(1 - lam) * z(d["raw_gene"]), np.sqrt(lam / 2) * z(_smooth(d, 18)), np.sqrt(lam / 2) * z(_agf(d, 18))]
-    return _pca(np.hstack(blocks), m)
+    z = _standardise({"own": d["raw_gene"], "mean": _smooth(d, 18), "agf": _agf(d, 18)}, "zscore")
+    weights = {"own": np.sqrt(1 - lam), "mean": np.sqrt(lam / 2), "agf": np.sqrt(lam / 2)}
+    return _pca(np.hstack([w * z[b] for b, w in weights.items()]), m)
 
 
 def knn_graph(nb):

@@ -85,20 +85,20 @@ def main(argv=None) -> None:
     if (args.evaluate is None) == (args.tag is None):
         ap.error("give exactly one of --tag (a batch of results.csv) and --evaluate (a mihd evaluate table)")
     if args.evaluate is not None:
-        rows, args.tag, args.results = evaluate_rows(args.evaluate), ["evaluate"], args.evaluate
+        source, tags, rows = args.evaluate, ["evaluate"], evaluate_rows(args.evaluate)
     else:
-        rows = pd.read_csv(args.results)
-        rows = rows[rows["tag"].isin(args.tag)]
+        source, tags, rows = args.results, args.tag, pd.read_csv(args.results)
+        rows = rows[rows["tag"].isin(tags)]
     if args.only:
         rows = rows[rows["variant"].isin(args.only)]
     if rows.empty:
-        raise SystemExit(f"{args.results}: no rows with tag {args.tag!r}")
+        raise SystemExit(f"{source}: no rows with tag {tags!r}")
     cells = rows.groupby("variant").apply(lambda g: len(set(zip(g["slice"], g["seed"]))), include_groups=False)
     if cells.nunique() != 1:
         raise SystemExit(f"the batch is incomplete: slice x seed cells per variant differ: {cells.to_dict()}")
     stats = per_variant(rows).sort_values("median", ascending=False)
     pick = choose(stats)
-    print(f"batch {' + '.join(args.tag)}: {rows['slice'].nunique()} slices x {rows['seed'].nunique()} seeds, {int(cells.iloc[0])} runs per variant\n")
+    print(f"batch {' + '.join(tags)}: {rows['slice'].nunique()} slices x {rows['seed'].nunique()} seeds, {int(cells.iloc[0])} runs per variant\n")
     print("| variant | median | mean | sd | min | n |\n|---|---|---|---|---|---|")
     for v, r in stats.iterrows():
         mark = " (chosen)" if v == pick else " (floor)" if v == FLOOR else ""

@@ -12,6 +12,16 @@ import numpy as np
 from ._registry import register_gene_encoder
 
 
+def working_copy(adata):
+    """A float32 copy of ``adata`` for a gene encoder to normalise in place, without the
+    ``highly_variable`` column a user may have brought (scanpy's PCA would use it; the encoders
+    choose their own genes)."""
+    a = adata.copy()
+    a.var = a.var.drop(columns=["highly_variable"], errors="ignore")
+    a.X = a.X.astype(np.float32)
+    return a
+
+
 @register_gene_encoder("pca")
 class PCAGeneEncoder:
     """Normalise, log1p, select HVGs, (scale,) PCA."""
@@ -29,10 +39,7 @@ class PCAGeneEncoder:
         """Raw counts in ``adata.X`` -> ``(N, n_comps)`` float32 principal components."""
         import scanpy as sc
 
-        a = adata.copy()
-        # scanpy's PCA would use a `highly_variable` column the user brought; the selection below is ours.
-        a.var = a.var.drop(columns=["highly_variable"], errors="ignore")
-        a.X = a.X.astype(np.float32)
+        a = working_copy(adata)
         sc.pp.normalize_total(a, target_sum=self.target_sum)
         sc.pp.log1p(a)
         n_top = min(self.n_top_genes, a.n_vars)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._registry import register_gene_encoder
+from .pca import working_copy
 
 
 def _number(kind, name: str, value):
@@ -93,10 +94,7 @@ class PearsonResidualGeneEncoder:
         import scanpy as sc
 
         self._check(adata)
-        a = adata.copy()
-        # scanpy's PCA would use a `highly_variable` column the user brought; the selection below is ours.
-        a.var = a.var.drop(columns=["highly_variable"], errors="ignore")
-        a.X = a.X.astype(np.float32)
+        a = working_copy(adata)
         # A gene or spot with no counts has mu = 0 and a 0/0 residual: such genes are dropped,
         # such spots keep residual 0 (depth predicts nothing there) and do not vote for genes.
         a = a[:, np.asarray(a.X.sum(0)).ravel() > 0].copy()
