@@ -11,6 +11,10 @@ The tutorial then computes ARI against the annotation only to report it; nothing
 (refined, the tutorial's output). Seed: ``random_seed=--seed`` of ``GraphST.GraphST`` (the
 tutorial leaves its default 41); mclust_R keeps its own fixed ``random_seed=2020`` (clustering()
 does not expose it).
+
+On an h5ad section (STARmap mPFC, 166 genes, single cells, no image) the same calls run unchanged
+(``datatype`` left at its default; the 3,000-HVG step keeps all 166 genes); ``refinement=True`` as in
+the DLPFC tutorial (refine_label over the 50 nearest cells), and the unrefined labels are scored too.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import torch  # noqa: E402
 from GraphST import GraphST  # noqa: E402
 from GraphST.utils import clustering  # noqa: E402
 
-from _peer_common import parse_args, read_visium_like_scanpy, write_outputs  # noqa: E402
+from _peer_common import parse_args, read_input, write_outputs  # noqa: E402
 
 import_seconds = time.perf_counter() - t_import
 
@@ -33,7 +37,7 @@ def main() -> None:
     args = parse_args("GraphST")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
-    adata = read_visium_like_scanpy(args.slice_dir)
+    adata = read_input(args)
     adata.var_names_make_unique()
     t_read = time.perf_counter()
     model = GraphST.GraphST(adata, device=device, random_seed=args.seed)

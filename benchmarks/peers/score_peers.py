@@ -1,8 +1,9 @@
 """Score the peers' saved labels with mihd's own metrics -> results.csv / results.md.
 
 Run with the mihd venv (never the peers venv): the peers only write ``barcode,label,label_before``
-CSVs (``run_graphst.py`` / ``run_spagcn.py``); this script reads each slice with
-``mihd.data.read_visium`` (truth from ``truth.tsv``), aligns the labels by barcode and calls
+CSVs (``run_<tool>.py``); this script reads each DLPFC slice with ``mihd.data.read_visium`` (truth
+from ``truth.tsv``) and each STARmap mPFC section from its h5ad (truth = ``obs["truth"]``,
+coordinates = ``obsm["spatial"]``), aligns the labels by barcode and calls
 ``mihd.metrics.score_labels(pred, truth, coords)`` exactly as ``mihd train`` does (unannotated
 "NA" spots left out of the label scores; chaos/PAS on ``obsm["spatial"]``). The table has the
 ``mihd evaluate`` columns (``mihd.evaluate._evaluate.RESULT_COLUMNS``): fusion = peer name,
@@ -10,6 +11,10 @@ encoder = "peer", cluster = the peer's clustering; ``*_after`` = the peer's refi
 ``*_before`` = its unrefined labels.
 
     .venv/bin/python benchmarks/peers/score_peers.py --out-dir benchmarks/peers/out
+
+Datasets are named ``dlpfc_<slice>`` and ``starmap_<section>``; without ``--seeds`` every seed folder
+found under ``<out-dir>/<Tool>/<dataset>/`` is scored (with ``--seeds``, missing runs are rows with
+status ``todo``).
 """
 from __future__ import annotations
 
@@ -36,7 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_mach
 from _machine import cpu_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-TOOLS = {"spagcn": ("SpaGCN", "louvain"), "graphst": ("GraphST", "mclust")}
+TOOLS = {"banksy": ("BANKSY", "leiden"), "spagcn": ("SpaGCN", "louvain"), "cellcharter": ("CellCharter", "gmm"),
+         "stagate": ("STAGATE", "mclust"), "graphst": ("GraphST", "mclust")}
+ALL_DATASETS = ["dlpfc_151673", "dlpfc_151674", "dlpfc_151675", "dlpfc_151676", "starmap_BZ5", "starmap_BZ9", "starmap_BZ14"]
+K_OF = {"dlpfc": 7, "starmap": 4}
 SCORES = ("ari", "nmi", "ami", "homogeneity", "completeness", "chaos", "pas")
 
 
@@ -49,9 +57,28 @@ def _key(tool: str, slice_name: str, seed: int, n_domains: int) -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
-def _load_slice(data_dir: Path, s: str):
-    adata = read_visium(data_dir / "dlpfc" / s, annotation="truth.tsv")
-    return adata
+def _load_slice(data_dir: Path, name: str):
+    """The dataset with ``obs["ground_truth"]`` and ``obsm["spatial"]``: dlpfc_<slice> or starmap_<section>."""
+    kind, _, s = name.partition("_")
+    if kind == "dlpfc":
+        return read_visium(data_dir / "dlpfc" / s, annotation="truth.tsv")
+    if kind == "starmap":
+        import anndata as ad
+
+        adata = ad.read_h5ad(data_dir / "starmap_mpfc" / f"{s}.h5ad")
+        adata.obs_names = adata.obs_names.astype(str)
+        adata.obs["ground_truth"] = adata.obs["truth"].astype(object)
+        return adata
+    raise ValueError(f"unknown dataset {name!r} (dlpfc_<slice> or starmap_<section>)")
+
+
+def _seeds_found(out_dir: Path, fusion: str, name: str) -> list[int]:
+    d = out_dir / fusion / name
+    found = []
+    for sub in d.glob("seed*") if d.is_dir() else []:
+        if sub.name[4:].isdigit() and any((sub / f).is_file() for f in ("labels.csv.json", "error.txt")):
+            found.append(int(sub.name[4:]))
+    return sorted(found)
 
 
 def score_run(adata, labels_csv: Path) -> dict:
@@ -74,14 +101,16 @@ def score_run(adata, labels_csv: Path) -> dict:
     return out
 
 
-def build_table(out_dir: Path, data_dir: Path, slices, seeds, tools, n_domains: int) -> pd.DataFrame:
+def build_table(out_dir: Path, data_dir: Path, datasets, seeds, tools) -> pd.DataFrame:
+    """One row per (tool, dataset, seed): the planned seeds, or (seeds=None) every seed folder found."""
     rows = []
     cache = {}
     for tool in tools:
         fusion, cluster = TOOLS[tool]
-        for s in slices:
-            name = f"dlpfc_{s}"
-            for seed in seeds:
+        for name in datasets:
+            s = name
+            n_domains = K_OF[name.split("_")[0]]
+            for seed in (seeds if seeds is not None else _seeds_found(out_dir, fusion, name)):
                 key = _key(fusion, name, seed, n_domains)
                 run_dir = out_dir / fusion / name / f"seed{seed}"
                 row = {c: math.nan for c in RESULT_COLUMNS}
@@ -130,19 +159,38 @@ def _fmt(v, d=3):
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
 
 
+def per_dataset_markdown(table: pd.DataFrame) -> str:
+    ok = table[table["status"] == "ok"]
+    datasets = list(pd.unique(table["slice"]))
+    lines = ["| tool | " + " | ".join(datasets) + " | wall s DLPFC | wall s mPFC | peak MiB |", "|" + "---|" * (len(datasets) + 4)]
+    for fusion in pd.unique(table["fusion"]):
+        runs = ok[ok["fusion"] == fusion]
+        cells = []
+        for d in datasets:
+            a = runs.loc[runs["slice"] == d, "ari_after"].dropna()
+            cells.append("–" if a.empty else (f"{a.iloc[0]:.3f} (1)" if len(a) == 1 else f"{a.mean():.3f} ± {a.std(ddof=1):.3f} ({len(a)})"))
+        w = lambda kind: _fmt(runs.loc[runs["slice"].str.startswith(kind), "wall_seconds"].astype(float).mean(), 1)
+        lines.append(f"| {fusion} | " + " | ".join(cells) + f" | {w('dlpfc')} | {w('starmap')} | {_fmt(runs['peak_rss_mib'].astype(float).max(), 0)} |")
+    return "\n".join(lines)
+
+
 def write_markdown(table: pd.DataFrame, path: Path, command: str, out_dir: Path) -> None:
     versions = {}
     for f in sorted(out_dir.glob("*/*/seed*/labels.csv.json")):
         info = json.loads(f.read_text())
         versions.setdefault(info["tool"], (info.get("versions"), info.get("params"), info.get("machine", {}).get("OMP_NUM_THREADS")))
-    parts = [summary_markdown(table, title="Peers (GraphST, SpaGCN) scored with mihd's metrics", command=command).rstrip(), ""]
+    parts = [summary_markdown(table, title="Peers scored with mihd's metrics", command=command).rstrip(), ""]
+    parts += ["", "## Per dataset (refined ARI mean ± sd over seeds, n seeds; wall s mean; peak MiB max)", ""]
+    parts += per_dataset_markdown(table).splitlines() + [""]
     parts += [
         f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"- machine: {machine()}",
         "- peers ran in `benchmarks/peers/.venv-peers` (`setup_peers.sh`), CPU torch 2.13.0, one run at a time; "
         "labels scored here with `mihd.metrics.score_labels` from the mihd venv (NA spots excluded; chaos/PAS on full-resolution pixel coordinates).",
-        "- ARI/NMI after = the tool's own refined output (GraphST `refine_label` radius 50; SpaGCN `refine` hexagon); "
-        "before = its unrefined clustering. Nothing was chosen by ARI; each tool ran with its tutorial defaults.",
+        "- ARI/NMI after = the tool's own refined output (GraphST `refine_label` radius 50; SpaGCN `refine` hexagon; "
+        "BANKSY `refine_once` on Visium only); before = its unrefined clustering (STAGATE and CellCharter do not refine: "
+        "before = after). Nothing was chosen by ARI; each tool ran with its documented recipe, K given.",
+        "- STARmap mPFC sections: truth = `obs['truth']` of the h5ad (L1, L2/3, L5, L6; K = 4); chaos/PAS on `obsm['spatial']` pixels.",
         "- The rank column orders methods by mean ARI over *their own* ok runs: where methods have different "
         "slices/seeds done (see n and the per-slice columns; rows with status todo have not run), compare per slice, not by rank.",
         "",
@@ -167,15 +215,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", type=Path, default=HERE / "out", help="where run_all.sh put <Tool>/<slice>/seed<k>/labels.csv")
     ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MIHD_DATA_DIR", HERE.parents[1].parent / "shared" / "data")))
-    ap.add_argument("--slices", nargs="+", default=["151673", "151674"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    ap.add_argument("--tools", nargs="+", default=["spagcn", "graphst"], choices=sorted(TOOLS))
-    ap.add_argument("--n-domains", type=int, default=7)
+    ap.add_argument("--datasets", nargs="+", default=ALL_DATASETS, help="dlpfc_<slice> / starmap_<section>")
+    ap.add_argument("--slices", nargs="+", default=None, help="DLPFC slice ids (old form; same as --datasets dlpfc_<id> ...)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="planned seeds (default: every seed folder found)")
+    ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=list(TOOLS))
     ap.add_argument("--results-dir", type=Path, default=HERE, help="results.csv / results.md / ari_by_method.png go here")
     ap.add_argument("--command", default=None, help="the command to show in results.md")
     args = ap.parse_args()
     command = args.command or " ".join(["python"] + sys.argv)
-    table = build_table(args.out_dir, args.data_dir, args.slices, args.seeds, args.tools, args.n_domains)
+    datasets = [f"dlpfc_{x}" for x in args.slices] if args.slices else args.datasets
+    table = build_table(args.out_dir, args.data_dir, datasets, args.seeds, args.tools)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     csv = args.results_dir / "results.csv"
     table[list(RESULT_COLUMNS)].to_csv(csv.with_name("results.csv.tmp"), index=False)  # exactly mihd evaluate's columns

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create benchmarks/peers/.venv-peers with GraphST and SpaGCN (side-by-side benchmarks only;
-# mihd never imports these). Follows /work/shared/PEERS.md: keep the CPU torch by installing
+# Create benchmarks/peers/.venv-peers with GraphST, SpaGCN, STAGATE (stagate-modern), BANKSY (pybanksy)
+# and CellCharter (+ scvi-tools) (side-by-side benchmarks only; mihd never imports these). Follows /work/shared/PEERS.md: keep the CPU torch by installing
 # torch==2.13.0 first and passing a constraints file pinning it to every later pip call.
 # Network: only the package registries (pip's configured indexes).
 # R and mclust must be installed system-wide (apt-get install -y r-base-core r-cran-mclust).
@@ -25,12 +25,14 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 else
   "${pip[@]}" -c "$constraints" torch
 fi
-"${pip[@]}" -c "$constraints" graphst pot scikit-misc spagcn "setuptools<81" "leidenalg<0.11" "igraph==0.11.9" "rpy2==3.5.17"
+"${pip[@]}" -c "$constraints" graphst pot scikit-misc spagcn "setuptools<81" "leidenalg<0.11" "igraph==0.11.9" "rpy2==3.5.17" \
+  "stagate-modern==1.0.0.post1" "pybanksy==1.3.5" "cellcharter==0.3.7" scvi-tools
 
 "$venv/bin/python" - <<'PY'
 import importlib, torch
 print("torch", torch.__version__, "cuda", torch.cuda.is_available())
-for m in ("GraphST", "SpaGCN", "ot", "skmisc", "louvain", "leidenalg", "igraph", "rpy2"):
+for m in ("GraphST", "SpaGCN", "STAGATE_pyG", "banksy", "cellcharter", "scvi", "squidpy", "torch_geometric",
+          "ot", "skmisc", "louvain", "leidenalg", "igraph", "rpy2"):
     mod = importlib.import_module(m)
     print(m, getattr(mod, "__version__", "?"))
 import rpy2.robjects as ro

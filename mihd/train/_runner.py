@@ -97,10 +97,10 @@ def validate_config(cfg) -> dict:
     if _cfg_get(cfg, "trainer.batch_size") is not None:
         _positive_int(cfg, "trainer.batch_size", minimum=1, hint="spots per step, or null for the full slice")
     _positive_int(cfg, "out_dim", minimum=2, default=DEFAULT_OUT_DIM)
-    k_spatial = _positive_int(cfg, "spatial.n_neighbors", minimum=1, default=6)
+    k_spatial = _spatial_neighbors_setting(cfg)
     if _cfg_get(cfg, "spatial.context_neighbors") is not None:
         context = _positive_int(cfg, "spatial.context_neighbors", minimum=2, hint="a wider neighbourhood than spatial.n_neighbors, e.g. 18, or null")
-        if context <= k_spatial:
+        if k_spatial != "auto" and context <= k_spatial:
             raise ValueError(
                 f"spatial.context_neighbors={context} must be larger than spatial.n_neighbors={k_spatial} "
                 "(it adds a wider neighbourhood mean beside the smoothed genes), or null to leave it out."
@@ -136,6 +136,25 @@ def validate_config(cfg) -> dict:
             raise ValueError(f"encoder.image_options do not fit encoder {image!r}: {err}") from None
     resolve_device(_cfg_get(cfg, "trainer.accelerator", "auto"))
     return {"info": info, "method": method, "n_domains": n_domains}
+
+
+def _spatial_neighbors_setting(cfg):
+    """``spatial.n_neighbors``: ``"auto"`` (sized from the data's depth) or a whole number >= 1."""
+    if str(_cfg_get(cfg, "spatial.n_neighbors", "auto")).lower() == "auto":
+        return "auto"
+    return _positive_int(cfg, "spatial.n_neighbors", minimum=1, hint="or auto: pool about 6,000 molecules per neighbourhood")
+
+
+def spatial_neighbors(cfg, adata) -> int:
+    """The smoothing neighbourhood size of a run: the configured number, or for ``auto``
+    `mihd.graph.neighbors_for_depth` of the observations' total counts."""
+    setting = _spatial_neighbors_setting(cfg)
+    if setting != "auto":
+        return min(int(setting), adata.n_obs - 1)
+    from ..graph import neighbors_for_depth
+
+    totals = np.asarray(adata.X.sum(axis=1)).ravel()
+    return min(neighbors_for_depth(totals), adata.n_obs - 1)
 
 
 def _positive_int(cfg, key: str, *, minimum: int, default=None, hint: str = "") -> int:
@@ -418,7 +437,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     features = _standardise(prepared.features, gene_scaling(cfg))
 
     # ---- spatial neighbours for input smoothing (cKDTree, or the grid engine at HD scale)
-    k_spatial = int(_cfg_get(cfg, "spatial.n_neighbors", 6))
+    k_spatial = spatial_neighbors(cfg, adata)
     neighbors = knn_indices(prepared.coords, k_spatial, include_self=True) if has_coords else None
     smooth = bool(_cfg_get(cfg, "spatial.smooth_inputs", True)) and neighbors is not None
     if smooth:
@@ -530,6 +549,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         "prepared": {k: v for k, v in prepared.meta.items() if k != "params"},
         "modalities": dims,
         "spatial_smoothing": smooth,
+        "spatial_neighbors": k_spatial,
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
     }
     adata.uns["mihd"] = {
