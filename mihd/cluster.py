@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["METHODS", "cluster_embedding"]
+__all__ = ["METHODS", "cluster_embedding", "gmm_from_labels"]
 
 Labels = NDArray[np.int64]
 
@@ -93,6 +93,49 @@ def _gmm(
         return gm.fit_predict(X).astype(np.int64)
     gm.fit(X[sample])
     return _predict_in_chunks(gm, X)
+
+
+def gmm_from_labels(
+    X: ArrayLike,
+    init_labels: ArrayLike,
+    *,
+    seed: int = 0,
+    reg_covar: float = 1e-6,
+    max_iter: int = 200,
+    tol: float = 1e-3,
+    fit_max_samples: int | None = 200_000,
+    **_ignored: Any,
+) -> Labels:
+    """Tied Gaussian mixture on ``X`` whose one EM start is a given partition (means, weights and
+    pooled covariance of ``init_labels`` in ``X``), not k-means.
+
+    The runner uses it to anchor the clustering of a trained fusion's output at the partition of
+    its own spatially averaged gene inputs (``cluster.start=inputs``): a deterministic, scale-free
+    start that no annotation touches. EM then moves to the nearest optimum of the fused space, so
+    a fusion can still change the domains, but a seed no longer decides which of several
+    near-equal optima the clustering lands in (on DLPFC 151675 free k-means starts put one seed
+    of ``adaln_attention`` at ARI 0.25 and the next at 0.52; ``benchmarks/compare/DIAGNOSIS.md``).
+    Extra keywords (``n_init``) are accepted and ignored: there is exactly one start.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    arr = _validate(X, int(np.max(init_labels)) + 1 if np.size(init_labels) else 2)
+    init = np.asarray(init_labels, dtype=np.int64).ravel()
+    if init.shape[0] != arr.shape[0]:
+        raise ValueError(f"init_labels has {init.shape[0]} entries but X has {arr.shape[0]} rows.")
+    ks = np.unique(init)
+    sample = _fit_sample(arr.shape[0], fit_max_samples, seed)
+    fit_x, fit_l = (arr, init) if sample is None else (arr[sample], init[sample])
+    means = np.stack([fit_x[fit_l == k].mean(0) if np.any(fit_l == k) else arr[init == k].mean(0) for k in ks])
+    weights = np.array([max(np.mean(fit_l == k), 1e-6) for k in ks])
+    resid = fit_x - means[np.searchsorted(ks, fit_l)]
+    cov = resid.T @ resid / max(len(fit_x) - len(ks), 1) + reg_covar * np.eye(arr.shape[1])
+    gm = GaussianMixture(
+        n_components=len(ks), covariance_type="tied", n_init=1, reg_covar=reg_covar, max_iter=max_iter, tol=tol,
+        random_state=seed, means_init=means, weights_init=weights / weights.sum(), precisions_init=np.linalg.inv(cov),
+    )
+    gm.fit(fit_x)
+    return _relabel_by_size(_predict_in_chunks(gm, arr))
 
 
 def _kmeans(

@@ -283,9 +283,10 @@ def test_every_evaluate_config_composes(group, tmp_path):
 
 
 @needs_dlpfc
-def test_the_dlpfc_pair_experiment_plans_two_slices_with_five_seeds(tmp_path, monkeypatch):
+def test_the_dev_set_experiment_plans_seven_datasets_with_five_seeds(tmp_path, monkeypatch):
     monkeypatch.setenv("MIHD_DATA_DIR", str(shared_data_dir()))
-    cfg, train_args = _cfg(["experiment=dlpfc_pair", "fusions=[concat]", f"out_dir={tmp_path}"])
+    cfg, train_args = _cfg(["experiment=dev_set", "fusions=[concat]", "variants=[default]",
+                            "slices=[dlpfc:151673,dlpfc:151674]", f"out_dir={tmp_path}"])
     plan = build_plan(cfg, train_args)
     assert [(r.slice, r.seed) for r in plan.runs] == [(s, k) for s in ("dlpfc_151673", "dlpfc_151674") for k in range(5)]
 

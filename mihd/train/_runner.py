@@ -105,6 +105,10 @@ def validate_config(cfg) -> dict:
                 f"spatial.context_neighbors={context} must be larger than spatial.n_neighbors={k_spatial} "
                 "(it adds a wider neighbourhood mean beside the smoothed genes), or null to leave it out."
             )
+    start = _cfg_get(cfg, "cluster.start", "free")
+    if start not in CLUSTER_STARTS:
+        raise ValueError(f"cluster.start={start!r}; use one of {', '.join(CLUSTER_STARTS)} (inputs: anchor a trained "
+                         "fusion's gmm at the partition of its smoothed gene inputs; free: k-means starts).")
     space = _cfg_get(cfg, "cluster.space", "embedding")
     if space not in ("embedding", "reconstruction"):
         raise ValueError(f"cluster.space={space!r}; use 'embedding' or 'reconstruction'.")
@@ -242,6 +246,7 @@ def _normalise_coords(xy: np.ndarray) -> np.ndarray:
 
 
 GENE_SCALINGS = ("profile", "zscore")
+CLUSTER_STARTS = ("inputs", "free")
 
 
 def gene_scaling(cfg) -> str:
@@ -395,7 +400,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     """
     import torch
 
-    from ..cluster import cluster_embedding
+    from ..cluster import cluster_embedding, gmm_from_labels
     from ..graph import knn_indices
     from ..metrics import score_labels
     from ..refine import refine_labels
@@ -507,7 +512,15 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
 
     # ---- domains, refinement, scores (ground truth is read only here, to score)
     t0 = time.perf_counter()
-    labels = cluster_embedding(to_cluster, n_domains, method=method, seed=seed, **_to_dict(_cfg_get(cfg, "cluster.options")))
+    cluster_options = _to_dict(_cfg_get(cfg, "cluster.options"))
+    start = _cfg_get(cfg, "cluster.start", "free")
+    if start == "inputs" and method == "gmm" and plan is not None:
+        # Anchor: the partition of the fusion's own (smoothed) gene inputs, then one EM in the fused space.
+        anchor = cluster_embedding(features["gene"], n_domains, method="gmm", seed=seed, **cluster_options)
+        labels = gmm_from_labels(to_cluster, anchor, seed=seed, **cluster_options)
+    else:
+        start = "free"
+        labels = cluster_embedding(to_cluster, n_domains, method=method, seed=seed, **cluster_options)
     cluster_seconds = time.perf_counter() - t0
     label_key, refined_key = f"mihd_{info.name}", f"mihd_{info.name}_refined"
     adata.obs[label_key] = _categorical(labels)
@@ -550,6 +563,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         "modalities": dims,
         "spatial_smoothing": smooth,
         "spatial_neighbors": k_spatial,
+        "cluster_start": start,
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
     }
     adata.uns["mihd"] = {
