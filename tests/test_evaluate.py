@@ -326,3 +326,14 @@ def test_a_malformed_variant_is_a_plan_problem(tmp_path):
     cfg, train_args = _cfg([f"out_dir={tmp_path}", "variants=[{overrides:['seed=1']}]"])
     with pytest.raises(PlanError, match="variants"):
         build_plan(cfg, train_args)
+
+
+def test_auto_threads_honour_the_users_omp_num_threads(monkeypatch):
+    from mihd.evaluate._launch import threads_per_worker
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads_per_worker({"workers": 2}) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_worker({"workers": 2}) == 1
+    assert threads_per_worker({"workers": 2, "threads_per_worker": 3}) == 3  # an explicit setting wins

@@ -24,12 +24,15 @@ OnDone = Callable[[object, dict], None]
 
 
 def threads_per_worker(launcher: dict) -> int:
-    """Torch / BLAS threads per run: ``auto`` shares the CPU cores among the workers."""
+    """Torch / BLAS threads per run: ``auto`` shares the CPU cores among the workers, and never
+    exceeds a thread count the user set in ``OMP_NUM_THREADS`` (which is honoured, not replaced)."""
     value = launcher.get("threads_per_worker", "auto")
     if value in (None, "auto"):
         if launcher.get("name") == "slurm":
             return max(1, int(launcher.get("cpus_per_task") or 1))
-        return max(1, (os.cpu_count() or 1) // max(1, int(launcher.get("workers", 1))))
+        share = max(1, (os.cpu_count() or 1) // max(1, int(launcher.get("workers", 1))))
+        user = os.environ.get("OMP_NUM_THREADS", "")
+        return min(share, int(user)) if user.isdigit() and int(user) >= 1 else share
     return max(1, int(value))
 
 

@@ -100,7 +100,8 @@ def validate_config(cfg) -> dict:
     k_spatial = _spatial_neighbors_setting(cfg)
     if _cfg_get(cfg, "spatial.context_neighbors") is not None:
         context = _positive_int(cfg, "spatial.context_neighbors", minimum=2, hint="a wider neighbourhood than spatial.n_neighbors, e.g. 18, or null")
-        if k_spatial != "auto" and context <= k_spatial:
+        # with auto, the neighbourhood is at least 6 (mihd.graph.neighbors_for_depth's minimum); the run checks the rest
+        if context <= (6 if k_spatial == "auto" else k_spatial):
             raise ValueError(
                 f"spatial.context_neighbors={context} must be larger than spatial.n_neighbors={k_spatial} "
                 "(it adds a wider neighbourhood mean beside the smoothed genes), or null to leave it out."
@@ -451,6 +452,11 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         unsmoothed_gene = features["gene"]
         features = {m: _neighbourhood_mean(x, neighbors) for m, x in features.items()}
         context_k = _cfg_get(cfg, "spatial.context_neighbors")
+        if context_k is not None and int(context_k) <= k_spatial:
+            raise ValueError(
+                f"spatial.context_neighbors={context_k} must be larger than the smoothing neighbourhood "
+                f"({k_spatial} here: spatial.n_neighbors={_cfg_get(cfg, 'spatial.n_neighbors')}); use a larger number or null."
+            )
         if context_k is not None:
             # Multi-scale context: the gene mean over a wider neighbourhood stacked beside the
             # 6-NN mean. A tied GMM is blind to linear maps of its input; a second scale is new
