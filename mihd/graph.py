@@ -791,7 +791,7 @@ def morans_i(X, neighbors: NDArray[np.integer]) -> NDArray[np.float64]:
     column: 1 for a perfectly smooth pattern, about 0 for spatial noise. Column 0 of
     ``neighbors`` is taken to be the point itself (``knn_indices(..., include_self=True)``)
     and is left out. ``X`` may be dense or scipy-sparse (CSR/CSC); the sparse path never
-    densifies ``X``: memory is O(nnz * k), time O(nnz * k).
+    densifies ``X``: memory is O(nnz), time O(nnz * k).
     """
     nb = np.asarray(neighbors)[:, 1:]
     n, k = nb.shape
@@ -799,21 +799,25 @@ def morans_i(X, neighbors: NDArray[np.integer]) -> NDArray[np.float64]:
         raise ValueError(f"neighbors has {n} rows but X has {X.shape[0]}.")
     if k < 1:
         raise ValueError("neighbors needs at least one neighbour besides the point itself.")
-    rows = np.repeat(np.arange(n), k)
-    W = sparse.csr_matrix((np.full(n * k, 1.0 / k), (rows, nb.ravel())), shape=(n, n))
     if sparse.issparse(X):
+        # sum_i (x_i - m)(mean_j x_j - m) = sum_i x_i . mean_j x_j - m . sum_i mean_j x_j: one neighbour
+        # column at a time, each a row-permuted copy of X, so memory stays O(nnz) (no N x N product).
         X = sparse.csr_matrix(X, dtype=np.float64)
-        WX = W @ X
         mean = np.asarray(X.mean(0)).ravel()
-        sum_wx = np.asarray(WX.sum(0)).ravel()
-        cross = np.asarray(X.multiply(WX).sum(0)).ravel()
-        # sum_i (x_i - m)(Wx_i - m), expanded so that X stays sparse (rows of W sum to 1)
-        num = cross - mean * sum_wx - mean * (n * mean) + n * mean**2
+        cross = np.zeros(X.shape[1])
+        for j in range(k):
+            cross += np.asarray(X.multiply(X[nb[:, j]]).sum(0)).ravel()
+        indegree = np.bincount(nb.ravel(), minlength=n).astype(np.float64)
+        sum_wx = np.asarray(X.T @ indegree).ravel() / k
+        num = cross / k - mean * sum_wx
         den = np.asarray(X.multiply(X).sum(0)).ravel() - n * mean**2
     else:
         Z = np.asarray(X, dtype=np.float64)
         Z = Z - Z.mean(0)
-        num = (Z * (W @ Z)).sum(0)
+        num = np.zeros(Z.shape[1])
+        for j in range(k):
+            num += (Z * Z[nb[:, j]]).sum(0)
+        num /= k
         den = (Z * Z).sum(0)
     out = np.zeros(X.shape[1])
     ok = den > 1e-12 * max(1.0, float(np.max(den, initial=0.0)))

@@ -129,9 +129,10 @@ def _child(stage: str, n: int, device: str) -> dict:
     return out
 
 
-def _e2e(n: int, device: str) -> dict:
+def _e2e(n: int, device: str, fusion: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "mihd.cli", "train", "fusion=gnn", "data=synthetic", f"data.n_cells={n}",
+        chosen = [f"fusion={fusion}"] if fusion else []  # none: the package default (mihd train without fusion=)
+        cmd = [sys.executable, "-m", "mihd.cli", "train", *chosen, "data=synthetic", f"data.n_cells={n}",
                "trainer=hd", "trainer.progress_bar=false", f"run_dir={tmp}/run", "cache_dir=null",
                f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}"]
         t0 = time.perf_counter()
@@ -147,12 +148,14 @@ def _e2e(n: int, device: str) -> dict:
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
         "ari_after": round(metrics["scores"]["after_refinement"]["ari"], 3),
         "stages_seconds": metrics["timing_seconds"],
+        "fusion": metrics["fusion"],
+        "spatial_neighbors": metrics.get("spatial_neighbors"),
     }
 
 
-def _run(stage: str, n: int, device: str) -> dict:
+def _run(stage: str, n: int, device: str, fusion: str | None = None) -> dict:
     if stage == "e2e":
-        return _e2e(n, device)
+        return _e2e(n, device, fusion)
     cmd = [sys.executable, __file__, "--child", stage, "--n", str(n), "--device", device]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     if res.returncode != 0:
@@ -166,6 +169,7 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--output", default=str(Path(__file__).with_name("results.md")), help="'-' prints only")
+    ap.add_argument("--fusion", default=None, help="e2e stage: the fusion to run (default: the package default)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -175,7 +179,7 @@ def main() -> None:
     rows = []
     for stage in args.stages:
         for n in args.n:
-            r = _run(stage, n, args.device)
+            r = _run(stage, n, args.device, args.fusion)
             rows.append((stage, n, r))
             print(f"{stage:<8}{n:>10}  {r['seconds']:>9.2f} s  peak {r['peak_rss_mib']:>9.0f} MiB  {json.dumps(r)}", flush=True)
 
