@@ -19,12 +19,13 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from ._config import compose, config_dir  # noqa: F401  (public: tests and benchmarks compose configs)
 
 log = logging.getLogger("mihd")
 
-USAGE = __doc__
+USAGE = __doc__.replace("``", "").replace("Usage::", "Usage:")
 
 
 def _cmd_train(args: list[str]) -> int:
@@ -82,6 +83,53 @@ def _cmd_fusions(args: list[str]) -> int:
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "fusions": _cmd_fusions}
 
+_KEYS = {
+    "train": [
+        ("seed=0", "seed of the model, batch order and clustering (recorded in metrics.json)"),
+        ("data.n_domains=7", "the number of domains K"),
+        ("data.path=PATH", "a Space Ranger / Visium HD / Xenium folder or an .h5ad (with data=visium|visium_hd|xenium|h5ad)"),
+        ("data.annotation_key=KEY", "obs column (or table column) with the labels used only to score"),
+        ("spatial.n_neighbors=auto", "smoothing neighbourhood: auto (from depth) or a number"),
+        ("trainer.max_epochs=60", "training epochs; trainer=fast (3 epochs) | hd (10^5-10^6 cells)"),
+        ("cluster.start=inputs", "gmm start of trained fusions: inputs (deterministic) | free"),
+        ("run_dir=PATH", "where outputs go (default outputs/<data>/<fusion>/seed<seed>-<time>/)"),
+    ],
+    "evaluate": [
+        ("slices=[dlpfc:151673,...]", "data configs, or dataset:slice"),
+        ("fusions=all", "registered fusion names, or all"),
+        ("seeds=[0,1,2]", "seeds of every run"),
+        ("workers=1", "runs at a time (launcher=local)"),
+        ("out_dir=PATH", "run folders, results.csv, summary.md, figures"),
+        ("experiment=dev_set", "a named plan (configs/experiment/)"),
+        ("--plan", "check and print the plan, run nothing"),
+    ],
+}
+_GROUPS = {"train": ("data", "encoder", "fusion", "cluster", "trainer"), "evaluate": ("launcher", "experiment")}
+
+
+def command_help(cmd: str) -> str:
+    """``mihd <cmd> --help``: usage, config groups with their options, most used keys. Reads only the
+    configs folder (no torch, scanpy or Hydra import), so it answers at once."""
+    from ._config import config_dir
+
+    cdir = config_dir()
+    lines = [f"usage: mihd {cmd} [group=option ...] [key=value ...]", ""]
+    lines.append("config groups (group=option):")
+    groups = _GROUPS[cmd] if cmd == "train" else _GROUPS["evaluate"] + _GROUPS["train"]
+    for g in groups:
+        options = sorted(p.stem for p in (cdir / g).glob("*.yaml"))
+        if g == "fusion":  # one file per strategy, named like it (listed without importing torch)
+            fusion_dir = Path(__file__).resolve().parent / "fusion"
+            options = sorted(set(options) | {p.stem for p in fusion_dir.glob("*.py") if not p.stem.startswith("_")})
+        lines.append(f"  {g + '=':<12}{' | '.join(options)}")
+    lines += ["", "most used keys:"]
+    lines += [f"  {k:<28}{what}" for k, what in _KEYS[cmd]]
+    if cmd == "evaluate":
+        lines.append("  (any other key=value is a train option for every run, e.g. trainer=fast)")
+    lines += ["", f"  --cfg                       print the composed config and exit",
+              f"more: README.md, configs/{cmd}.yaml, and `mihd fusions` for the registered strategies."]
+    return "\n".join(lines)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mihd`` console script; returns the exit code."""
@@ -93,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         print(f"mihd: unknown command {cmd!r}; commands: {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
+    if cmd in _KEYS and any(a in ("-h", "--help") for a in rest):
+        print(command_help(cmd))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Lightning's start-up banner and tips bury the useful lines; keep its warnings.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)

@@ -210,3 +210,35 @@ def test_finished_run_dir_is_not_overwritten_by_accident(visium_folder, tmp_path
     assert (run_dir / "metrics.json").read_text() == first
     assert main([*args, "overwrite=true"]) == 0
     assert (run_dir / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("cmd", ["train", "evaluate"])
+def test_subcommand_help_lists_groups_and_keys_without_running(cmd, capsys):
+    assert main([cmd, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: mihd {cmd}")
+    for group in ("data=", "encoder=", "fusion=", "cluster=", "trainer="):
+        assert group in out
+    assert "adaln_attention" in out and "gated" in out and "more:" in out
+    if cmd == "evaluate":
+        assert "launcher=" in out and "experiment=" in out and "dev_set" in out
+
+
+def test_top_level_help_is_plain_text(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and "::" not in out and "mihd train" in out
+
+
+def test_outputs_are_readable_by_the_group_under_umask_022(tmp_path):
+    import os
+    import stat
+
+    from mihd._io import write_text
+
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "results.csv", "a,b\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
