@@ -119,11 +119,12 @@ def gmm_from_labels(
     """
     from sklearn.mixture import GaussianMixture
 
-    arr = _validate(X, int(np.max(init_labels)) + 1 if np.size(init_labels) else 2)
     init = np.asarray(init_labels, dtype=np.int64).ravel()
-    if init.shape[0] != arr.shape[0]:
-        raise ValueError(f"init_labels has {init.shape[0]} entries but X has {arr.shape[0]} rows.")
+    n_rows = np.shape(X)[0] if np.ndim(X) else 0
+    if init.shape[0] != n_rows:
+        raise ValueError(f"init_labels has {init.shape[0]} entries but X has {n_rows} rows.")
     ks = np.unique(init)
+    arr = _validate(X, max(len(ks), 2))
     sample = _fit_sample(arr.shape[0], fit_max_samples, seed)
     fit_x, fit_l = (arr, init) if sample is None else (arr[sample], init[sample])
     means = np.stack([fit_x[fit_l == k].mean(0) if np.any(fit_l == k) else arr[init == k].mean(0) for k in ks])

@@ -182,3 +182,39 @@ def test_gmm_default_starts_depend_on_the_fitted_sample(blobs, monkeypatch):
 def test_gmm_rejects_fewer_than_one_start(blobs):
     with pytest.raises(ValueError, match=r"n_init must be >= 1"):
         cluster_embedding(blobs[0], 5, method="gmm", n_init=0)
+
+
+def test_gmm_from_labels_starts_at_the_given_partition_and_is_deterministic():
+    from mihd.cluster import gmm_from_labels
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
+    truth = np.repeat(np.arange(3), 200)
+    X = centres[truth] + rng.normal(size=(600, 2))
+    noisy = truth.copy()
+    flip = rng.choice(600, 60, replace=False)
+    noisy[flip] = (noisy[flip] + 1) % 3  # a rough start: EM must clean it up
+    a = gmm_from_labels(X, noisy, seed=0)
+    b = gmm_from_labels(X, noisy, seed=5)
+    assert np.array_equal(a, b)  # one start, no k-means: the seed only picks a subsample above fit_max_samples
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth, a) > 0.95
+    sub = gmm_from_labels(X, noisy, seed=0, fit_max_samples=300)  # fitted on a subsample, every row assigned
+    assert sub.shape == (600,) and adjusted_rand_score(truth, sub) > 0.95
+    with pytest.raises(ValueError, match="init_labels has 5 entries but X has 600 rows"):
+        gmm_from_labels(X, noisy[:5])
+
+
+def test_trained_fusions_cluster_from_their_inputs_partition(tiny_slice):
+    from mihd._config import compose
+    from mihd.train import train
+
+    base = ["data=synthetic", "data.n_domains=3", "encoder.image=none", "trainer=fast", "fusion=concat"]
+    anchored = train(compose("train", base), adata=tiny_slice.copy(), write=False, progress=False)
+    free = train(compose("train", [*base, "cluster.start=free"]), adata=tiny_slice.copy(), write=False, progress=False)
+    assert anchored.metrics["cluster_start"] == "inputs" and free.metrics["cluster_start"] == "free"
+    floor = train(compose("train", [*base[:-1], "fusion=genes_only"]), adata=tiny_slice.copy(), write=False, progress=False)
+    assert floor.metrics["cluster_start"] == "free"  # nothing to anchor: the floor clusters its inputs directly
+    with pytest.raises(ValueError, match=r"cluster.start='input'; use one of inputs, free"):
+        train(compose("train", [*base, "cluster.start=input"]), adata=tiny_slice.copy(), write=False)
