@@ -36,9 +36,27 @@ def test_acceptance_compares_the_default_with_the_best_peer_on_each_dataset(comp
     lines = compare.acceptance(stats, "gated")
     a = next(line for line in lines if line.startswith("- a:"))
     b = next(line for line in lines if line.startswith("- b:"))
-    assert "best peer STAGATE 0.580" in a and "at least the best peer" in a and "sd ≤ 0.03" in a
-    assert "best peer GraphST 0.520" in b and "behind by 0.020" in b and "sd > 0.03" in b
+    assert "best peer here STAGATE 0.580" in a and "meets the target" in a and "sd ≤ 0.03" in a
+    assert "best peer here GraphST 0.520" in b and "behind the target by 0.020" in b and "sd > 0.03" in b
     assert "no finished run of the default `film`" in compare.acceptance(stats, "film")[0]
+
+
+def test_the_issue_targets_count_where_they_are_higher_and_a_finished_row_wins(compare):
+    table = _table({"gated": {"dlpfc_151675": [0.55] * 3, "starmap_BZ5": [0.70] * 3},
+                    "GraphST": {"dlpfc_151675": [0.48], "starmap_BZ5": [0.60]}})
+    lines = compare.acceptance(compare.per_dataset(table), "gated")
+    line = next(x for x in lines if x.startswith("- dlpfc_151675"))
+    assert "issue's STAGATE 0.589 is higher" in line and "behind the target by 0.039" in line
+    assert any(x.startswith("- STARmap") and "meets the best peer mean BANKSY (issue) 0.693" in x for x in lines)
+
+
+def test_a_todo_row_of_a_later_plan_does_not_hide_a_finished_run(compare, tmp_path):
+    done = _table({"gated": {"a": [0.6]}})
+    later = done.assign(status="todo", ari_after=float("nan"))
+    done.to_csv(tmp_path / "one.csv", index=False)
+    later.to_csv(tmp_path / "two.csv", index=False)
+    table = compare.load([tmp_path / "one.csv", tmp_path / "two.csv"])
+    assert len(table) == 1 and table["status"].tolist() == ["ok"]
 
 
 def test_pooled_table_gives_median_mean_and_the_worst_dataset(compare):

@@ -35,6 +35,13 @@ from _machine import cpu_model  # noqa: E402
 
 PEERS = ("GraphST", "SpaGCN", "STAGATE", "CellCharter", "BANKSY")
 MAX_SD = 0.03  # issue 16: the default's sd over seeds on each slice
+# The best peer means recorded in issue 16 (the filer's own runs); a target is the higher of these and
+# the best peer mean in this report's own peer runs.
+ISSUE_TARGETS = {
+    "dlpfc_151673": ("GraphST", 0.604), "dlpfc_151674": ("GraphST", 0.543),
+    "dlpfc_151675": ("STAGATE", 0.589), "dlpfc_151676": ("GraphST", 0.562),
+}
+ISSUE_STARMAP = ("BANKSY", 0.693)  # mean over the three STARmap sections
 
 
 def default_fusion() -> str:
@@ -54,7 +61,10 @@ def load(paths: list[Path]) -> pd.DataFrame:
         if missing:
             raise SystemExit(f"{p}: not a mihd results table (missing columns {missing}).")
         frames.append(t.reindex(columns=list(RESULT_COLUMNS)))
-    table = pd.concat(frames, ignore_index=True).drop_duplicates("run_id", keep="last")
+    table = pd.concat(frames, ignore_index=True)
+    # A run planned in two tables keeps its finished row (a later plan lists it as todo until it runs).
+    table = table.assign(_ok=table["status"].eq("ok")).sort_values("_ok", kind="stable")
+    table = table.drop_duplicates("run_id", keep="last").drop(columns="_ok").sort_index()
     variant = table["variant"].fillna("default").astype(str)
     fusion = table["fusion"].astype(str)
     table["method"] = fusion.where(variant == "default", fusion + " [" + variant + "]")
@@ -102,14 +112,24 @@ def acceptance(stats: pd.DataFrame, default: str) -> list[str]:
             lines.append(f"- {sl}: `{default}` {d.ari_mean:.3f} ± {d.ari_sd:.3f}; no peer run here yet")
             continue
         best = peers["ari_mean"].idxmax()
-        ok = d.ari_mean >= peers.loc[best, "ari_mean"]
+        target, source = peers.loc[best, "ari_mean"], f"best peer here {best} {peers.loc[best, 'ari_mean']:.3f} (n={int(peers.loc[best, 'n'])})"
+        if sl in ISSUE_TARGETS and ISSUE_TARGETS[sl][1] > target:
+            target = ISSUE_TARGETS[sl][1]
+            source += f"; issue's {ISSUE_TARGETS[sl][0]} {target:.3f} is higher"
         sd_ok = d.ari_sd <= MAX_SD
-        target = peers.loc[best, "ari_mean"]
-        verdict = "at least the best peer" if ok else f"behind by {target - d.ari_mean:.3f}"
+        verdict = "meets the target" if d.ari_mean >= target else f"behind the target by {target - d.ari_mean:.3f}"
         lines.append(
-            f"- {sl}: `{default}` {d.ari_mean:.3f} ± {d.ari_sd:.3f} (n={int(d.n)}) vs best peer {best} "
-            f"{target:.3f} (n={int(peers.loc[best, 'n'])}): {verdict}; sd {'≤' if sd_ok else '>'} {MAX_SD}"
+            f"- {sl}: `{default}` {d.ari_mean:.3f} ± {d.ari_sd:.3f} (n={int(d.n)}) vs {source}: {verdict}; "
+            f"sd {'≤' if sd_ok else '>'} {MAX_SD}"
         )
+    starmap = stats[stats["slice"].str.startswith("starmap_")]
+    if len(starmap):
+        means = starmap.groupby("method")["ari_mean"].mean()
+        peer = max([(means.get(p, -1.0), p) for p in PEERS if p in means.index] + [(ISSUE_STARMAP[1], ISSUE_STARMAP[0] + " (issue)")])
+        if default in means.index:
+            word = "meets" if means[default] >= peer[0] else "is behind"
+            lines.append(f"- STARmap, mean over {starmap['slice'].nunique()} sections: `{default}` {means[default]:.3f} {word} "
+                         f"the best peer mean {peer[1]} {peer[0]:.3f}")
     return lines
 
 
