@@ -242,3 +242,20 @@ def test_outputs_are_readable_by_the_group_under_umask_022(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_labels_listed_as_unannotated_are_not_scored(tiny_slice):
+    base = ["data=synthetic", "data.n_domains=3", "encoder.image=none", "trainer=fast", "fusion=genes_only"]
+    a = tiny_slice.copy()
+    truth = a.obs["ground_truth"].astype(str).to_numpy().astype(object)
+    truth[:40] = "undetermined"
+    a.obs["ground_truth"] = truth
+    b = tiny_slice.copy()
+    b.obs["ground_truth"] = np.where(np.arange(b.n_obs) < 40, None, b.obs["ground_truth"].astype(str).to_numpy().astype(object))
+    marked = train(compose("train", [*base, "data.unannotated=[undetermined]"]), adata=a, write=False, progress=False)
+    missing = train(compose("train", base), adata=b, write=False, progress=False)
+    as_class = train(compose("train", base), adata=a.copy(), write=False, progress=False)
+    ari = lambda r: r.metrics["scores"]["after_refinement"]["ari"]  # noqa: E731
+    assert ari(marked) == pytest.approx(ari(missing)) and ari(marked) != pytest.approx(ari(as_class))
+    with pytest.raises(ValueError, match=r"data.unannotated='undetermined': give a list"):
+        train(compose("train", [*base, "data.unannotated=undetermined"]), adata=a, write=False)

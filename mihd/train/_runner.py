@@ -98,6 +98,7 @@ def validate_config(cfg) -> dict:
         _positive_int(cfg, "trainer.batch_size", minimum=1, hint="spots per step, or null for the full slice")
     _positive_int(cfg, "out_dim", minimum=2, default=DEFAULT_OUT_DIM)
     k_spatial = _spatial_neighbors_setting(cfg)
+    _unannotated_labels(cfg)
     if _cfg_get(cfg, "spatial.context_neighbors") is not None:
         context = _positive_int(cfg, "spatial.context_neighbors", minimum=2, hint="a wider neighbourhood than spatial.n_neighbors, e.g. 18, or null")
         # with auto, the neighbourhood is at least 6 (mihd.graph.neighbors_for_depth's minimum); the run checks the rest
@@ -160,6 +161,16 @@ def spatial_neighbors(cfg, adata) -> int:
 
     totals = np.asarray(adata.X.sum(axis=1)).ravel()
     return min(neighbors_for_depth(totals), adata.n_obs - 1)
+
+
+def _unannotated_labels(cfg) -> list[str]:
+    """``data.unannotated``: label values scored as unannotated (like NA), e.g. ``[undetermined]``."""
+    value = _cfg_get(cfg, "data.unannotated")
+    if value is None:
+        return []
+    if isinstance(value, str) or not all(isinstance(v, (str, int)) for v in value):
+        raise ValueError(f"data.unannotated={value!r}: give a list of label values, e.g. data.unannotated=[undetermined].")
+    return [str(v) for v in value]
 
 
 def _positive_int(cfg, key: str, *, minimum: int, default=None, hint: str = "") -> int:
@@ -540,6 +551,9 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         adata.obs[refined_key] = adata.obs[label_key]
     # Ground truth is read here, after clustering and refinement, and only to score.
     truth = adata.obs[truth_key].to_numpy() if truth_key in adata.obs else None
+    unannotated = _unannotated_labels(cfg)
+    if truth is not None and unannotated:
+        truth = np.where(np.isin(truth.astype(str), unannotated), None, truth.astype(object))
     scores = {
         "before_refinement": score_labels(labels, truth, prepared.coords),
         "after_refinement": score_labels(refined, truth, prepared.coords),
