@@ -26,12 +26,9 @@ fi
 if [ "${PEERS:-1}" = 1 ]; then
   bash "$here/../peers/run_all.sh" || echo "some peer runs failed: see benchmarks/peers/results.md" >&2
 fi
-mihd_table="$out/results.csv"
-if [ ! -f "$mihd_table" ]; then  # MIHD=0 in a fresh clone: the mihd rows kept in the last report
-  echo "no $mihd_table: using the mihd rows of $here/mihd_results.csv" >&2
-  mihd_table="$here/mihd_results.csv"
-else
-  cp "$mihd_table" "$here/mihd_results.csv"
-fi
-"$py" "$here/compare.py" --mihd "$mihd_table" --peers "$root/benchmarks/peers/results.csv" --out "$here" \
+# The mihd rows kept with the report (benchmarks/compare/mihd_results.csv) plus this run's table, if any:
+# a run present in both keeps its finished row. A fresh clone with MIHD=0 rebuilds the report from the kept rows.
+tables=("$here/mihd_results.csv")
+[ -f "$out/results.csv" ] && tables+=("$out/results.csv")
+"$py" "$here/compare.py" --mihd "${tables[@]}" --peers "$root/benchmarks/peers/results.csv" --out "$here" \
   --command "bash benchmarks/compare/run.sh"
