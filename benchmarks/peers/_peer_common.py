@@ -98,6 +98,13 @@ def mclust_R(embedding, n_clusters: int, model_names: str = "EEE", random_seed: 
     return np.asarray(res[-2]).astype(int)
 
 
+def package_versions(*names: str) -> dict:
+    """Installed versions of the named distributions, for the run JSON."""
+    import importlib.metadata as md
+
+    return {n: md.version(n) for n in names}
+
+
 def peak_rss_mib() -> dict:
     self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

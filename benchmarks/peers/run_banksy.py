@@ -40,7 +40,7 @@ from banksy.initialize_banksy import initialize_banksy  # noqa: E402
 from banksy_utils.refine_clusters import refine_once  # noqa: E402
 from banksy_utils.umap_pca import pca_umap  # noqa: E402
 
-from _peer_common import is_visium, parse_args, read_input, write_outputs  # noqa: E402
+from _peer_common import is_visium, parse_args, read_input, package_versions, write_outputs  # noqa: E402
 
 import_seconds = time.perf_counter() - t_import
 
@@ -124,8 +124,7 @@ def main() -> None:
               "normalise": "normalize_total (median) + log1p", "cluster": "leiden (banksy find_resolutions to K, num_nn 50)",
               "resolution": resolution, "resolutions_tried": tried, "partition_seed": args.seed,
               "refine": "refine_once num_neigh=6" if visium else "none"}
-    import importlib.metadata as md
-    versions = {p: md.version(p) for p in ("pybanksy", "scanpy", "numpy", "leidenalg", "igraph", "scikit-learn")}
+    versions = package_versions("pybanksy", "scanpy", "numpy", "leidenalg", "igraph", "scikit-learn")
     write_outputs(args, tool="BANKSY", cluster="leiden", barcodes=adata.obs_names, label=[str(x) for x in refined],
                   label_before=[str(x) for x in labels], timings=timings, params=params, versions=versions)
     print(f"BANKSY {args.slice_name} seed {args.seed}: {len(set(labels.tolist()))} clusters (res={resolution:.2f}), "

@@ -31,7 +31,7 @@ import scvi  # noqa: E402
 import squidpy as sq  # noqa: E402
 import cellcharter as cc  # noqa: E402
 
-from _peer_common import is_visium, parse_args, read_input, write_outputs  # noqa: E402
+from _peer_common import is_visium, parse_args, read_input, package_versions, write_outputs  # noqa: E402
 
 import_seconds = time.perf_counter() - t_import
 
@@ -75,8 +75,7 @@ def main() -> None:
               "epochs": epochs_run, "spatial_neighbors": "generic, delaunay", "remove_long_links": "99th percentile",
               "aggregate_neighbors": {"n_layers": 3, "aggregations": "mean"}, "cluster": "cc.tl.Cluster (TorchGMM full)",
               "n_clusters": args.n_domains, "seed": args.seed, "refinement": False}
-    import importlib.metadata as md
-    versions = {p: md.version(p) for p in ("cellcharter", "scvi-tools", "squidpy", "torch", "torchgmm", "scanpy", "numpy")}
+    versions = package_versions("cellcharter", "scvi-tools", "squidpy", "torch", "torchgmm", "scanpy", "numpy")
     lab = labels.tolist()
     write_outputs(args, tool="CellCharter", cluster="gmm", barcodes=adata.obs_names, label=lab, label_before=lab,
                   timings=timings, params=params, versions=versions)

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from GraphST import GraphST  # noqa: E402
 from GraphST.utils import clustering  # noqa: E402
 
-from _peer_common import parse_args, read_input, write_outputs  # noqa: E402
+from _peer_common import parse_args, read_input, package_versions, write_outputs  # noqa: E402
 
 import_seconds = time.perf_counter() - t_import
 
@@ -51,8 +51,7 @@ def main() -> None:
     timings = {"total": t_end - t0, "read": t_read - t0, "train": t_train - t_read, "cluster": t_end - t_train, "import": import_seconds}
     params = {"epochs": model.epochs, "random_seed": args.seed, "dim_output": model.dim_output, "learning_rate": model.learning_rate,
               "cluster": tool, "modelNames": "EEE", "radius": radius, "refinement": True, "device": str(device)}
-    import importlib.metadata as md
-    versions = {p: md.version(p) for p in ("GraphST", "torch", "scanpy", "numpy", "pandas", "POT", "rpy2")}
+    versions = package_versions("GraphST", "torch", "scanpy", "numpy", "pandas", "POT", "rpy2")
     write_outputs(args, tool="GraphST", cluster=tool, barcodes=adata.obs_names, label=adata.obs["domain"].astype(str).tolist(),
                   label_before=adata.obs["mclust"].astype(str).tolist(), timings=timings, params=params, versions=versions)
     print(f"GraphST {args.slice_name} seed {args.seed}: {timings['total']:.1f} s -> {args.out}")

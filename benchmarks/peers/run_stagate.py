@@ -26,7 +26,7 @@ import scanpy as sc  # noqa: E402
 import torch  # noqa: E402
 import STAGATE_pyG as STAGATE  # noqa: E402
 
-from _peer_common import is_visium, mclust_R, parse_args, read_input, write_outputs  # noqa: E402
+from _peer_common import is_visium, mclust_R, parse_args, read_input, package_versions, write_outputs  # noqa: E402
 
 import_seconds = time.perf_counter() - t_import
 
@@ -57,8 +57,7 @@ def main() -> None:
               "n_hvg": n_hvg if adata.n_vars > n_hvg else "all", "n_genes": int(adata.n_vars), "rad_cutoff": rad_cutoff,
               "mean_neighbours": round(stats["mean_neighbors"], 2), "cluster": "mclust", "modelNames": "EEE",
               "mclust_seed": 2020, "refinement": False, "device": "cpu"}
-    import importlib.metadata as md
-    versions = {p: md.version(p) for p in ("stagate-modern", "torch", "torch-geometric", "scanpy", "numpy", "rpy2")}
+    versions = package_versions("stagate-modern", "torch", "torch-geometric", "scanpy", "numpy", "rpy2")
     lab = [str(x) for x in labels]
     write_outputs(args, tool="STAGATE", cluster="mclust", barcodes=adata.obs_names, label=lab, label_before=lab,
                   timings=timings, params=params, versions=versions)
