@@ -26,6 +26,7 @@ from ._config import compose, config_dir  # noqa: F401  (public: tests and bench
 log = logging.getLogger("mihd")
 
 USAGE = __doc__.replace("``", "").replace("Usage::", "Usage:")
+DEFAULT_EVALUATE_OUT_DIR = "evaluations/default"
 
 
 def _cmd_train(args: list[str]) -> int:
@@ -56,6 +57,9 @@ def _cmd_evaluate(args: list[str]) -> int:
     if "--cfg" in train_args:
         print(OmegaConf.to_yaml(cfg))
         return 0
+    if cfg.out_dir is None:  # the Python API requires it; the command line has a default, and says so
+        cfg.out_dir = DEFAULT_EVALUATE_OUT_DIR
+        log.info("out_dir not given: using %s", Path(DEFAULT_EVALUATE_OUT_DIR).resolve())
     result = evaluate(cfg, train_args, plan_only=plan_only, command=" ".join(["mihd", "evaluate", *sys.argv[2:]]))
     if plan_only:
         print(result.table())
@@ -99,29 +103,23 @@ _KEYS = {
         ("fusions=all", "registered fusion names, or all"),
         ("seeds=[0,1,2]", "seeds of every run"),
         ("workers=1", "runs at a time (launcher=local)"),
-        ("out_dir=PATH", "run folders, results.csv, summary.md, figures"),
+        ("out_dir=PATH", f"run folders, results.csv, summary.md, figures (default {DEFAULT_EVALUATE_OUT_DIR})"),
         ("experiment=dev_set", "a named plan (configs/experiment/)"),
         ("--plan", "check and print the plan, run nothing"),
     ],
 }
-_GROUPS = {"train": ("data", "encoder", "fusion", "cluster", "trainer"), "evaluate": ("launcher", "experiment")}
 
 
 def command_help(cmd: str) -> str:
     """``mihd <cmd> --help``: usage, config groups with their options, most used keys. Reads only the
     configs folder (no torch, scanpy or Hydra import), so it answers at once."""
-    from ._config import config_dir
+    from ._config import group_options, task_groups
 
-    cdir = config_dir()
     lines = [f"usage: mihd {cmd} [group=option ...] [key=value ...]", ""]
     lines.append("config groups (group=option):")
-    groups = _GROUPS[cmd] if cmd == "train" else _GROUPS["evaluate"] + _GROUPS["train"]
+    groups = task_groups("train") if cmd == "train" else task_groups("evaluate") + task_groups("train")
     for g in groups:
-        options = sorted(p.stem for p in (cdir / g).glob("*.yaml"))
-        if g == "fusion":  # one file per strategy, named like it (listed without importing torch)
-            fusion_dir = Path(__file__).resolve().parent / "fusion"
-            options = sorted(set(options) | {p.stem for p in fusion_dir.glob("*.py") if not p.stem.startswith("_")})
-        lines.append(f"  {g + '=':<12}{' | '.join(options)}")
+        lines.append(f"  {g + '=':<12}{' | '.join(group_options(g))}")
     lines += ["", "most used keys:"]
     lines += [f"  {k:<28}{what}" for k, what in _KEYS[cmd]]
     if cmd == "evaluate":
@@ -144,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if cmd in _KEYS and any(a in ("-h", "--help") for a in rest):
         print(command_help(cmd))
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # Lightning's start-up banner and tips bury the useful lines; keep its warnings.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Lightning's start-up banner and tips bury the useful lines (train() quiets them too); keep its warnings.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     from hydra.errors import HydraException

@@ -56,7 +56,12 @@ def read_h5ad(path: str | PathLike, *, spatial_key: str = "spatial", require_spa
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"h5ad file {path} does not exist.")
-    adata = anndata.read_h5ad(path)
+    try:
+        adata = anndata.read_h5ad(path)
+    except Exception as err:  # h5py OSError, KeyError or anndata's own for a damaged or foreign file
+        detail = " ".join(str(err).split())[:200]
+        raise ValueError(f"{path} is not a readable .h5ad file ({type(err).__name__}: {detail}); check that the "
+                         "file is complete (not truncated by a copy) and was written by anndata.") from None
     if spatial_key not in adata.obsm:
         if require_spatial:
             raise KeyError(

@@ -1,14 +1,17 @@
-"""Checks shared by the readers: spot coordinates and input paths."""
+"""Checks shared by the readers: spot coordinates, input paths, and whether a slice can be used."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["check_spatial", "resolve_path"]
+__all__ = ["check_spatial", "resolve_path", "check_slice"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_spatial(coords, *, source: str) -> np.ndarray:
@@ -67,3 +70,37 @@ def resolve_path(path: str | PathLike, *, base: Path | Sequence[Path], what: str
             return candidate.resolve()
     where = " or ".join(str(t) for t in tried)
     raise FileNotFoundError(f"The {what} {str(path)!r} was not found (looked for {where}).")
+
+
+def check_slice(adata, *, source: str) -> None:
+    """Refuse a slice mihd cannot learn from; make duplicated barcodes unique (in place, with a warning).
+
+    Parameters
+    ----------
+    adata
+        The slice as read (raw counts in ``X``).
+    source
+        Where it came from (a path or ``data.path=...``), for the messages.
+
+    Raises
+    ------
+    ValueError
+        No spots, no genes, or every count zero.
+    """
+    if adata.n_obs == 0:
+        raise ValueError(f"{source} holds no spots (0 observations); check the file, or the in_tissue column of its positions.")
+    if adata.n_vars == 0:
+        raise ValueError(f"{source} holds no genes (0 variables); check that X holds the count matrix.")
+    total = adata.X.sum()
+    if not np.isfinite(total) or float(total) == 0:
+        raise ValueError(f"{source}: every count in X is zero{'' if np.isfinite(total) else ' or not finite'}; "
+                         "mihd needs raw counts in X (if they are in a layer, e.g. layers['counts'], copy them to X).")
+    names = adata.obs_names
+    if not names.is_unique:
+        dup = names[names.duplicated()].unique()
+        logger.warning(
+            "%s: %d barcodes occur more than once (e.g. %s); made unique: the first keeps its name, the "
+            "others get -1, -2, ... (an annotation table or precomputed embedding keyed by barcode matches the first).",
+            source, len(dup), ", ".join(map(str, dup[:5])),
+        )
+        adata.obs_names_make_unique()

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._config import check_output_dir
 from .._io import atomic_write, write_json
 from ._plan import Plan, PlannedRun, build_plan
 
@@ -124,8 +125,8 @@ def _prepare_once(runs: list[PlannedRun]) -> list[PlannedRun]:
     return ready
 
 
-def evaluate(cfg, train_overrides: list[str] = (), *, plan_only: bool = False, progress: bool = True,
-             command: str | None = None) -> EvaluationResult | Plan:
+def evaluate(cfg, train_overrides: list[str] = (), *, out_dir: str | Path | None = None, plan_only: bool = False,
+             progress: bool = True, command: str | None = None) -> EvaluationResult | Plan:
     """Run (or, with ``plan_only``, just check and return) the evaluation an ``evaluate`` config describes.
 
     Parameters
@@ -134,6 +135,10 @@ def evaluate(cfg, train_overrides: list[str] = (), *, plan_only: bool = False, p
         The composed ``evaluate`` config (``configs/evaluate.yaml``).
     train_overrides
         Train options applied to every run (e.g. ``["trainer=fast"]``).
+    out_dir
+        Where run folders, tables and figures go (replaces ``cfg.out_dir``); one of the two is required,
+        so that nothing is written into the working folder unasked. It must be (or can be made as) a
+        writable folder: checked before any data is read.
     plan_only
         Check and expand the plan, write nothing, return the `Plan`.
     progress
@@ -148,12 +153,16 @@ def evaluate(cfg, train_overrides: list[str] = (), *, plan_only: bool = False, p
     """
     from omegaconf import DictConfig, OmegaConf
 
-    from ._launch import LAUNCHERS, launch
-    from ._report import write_report
-    from ._worker import write_spec
+    from ._launch import LAUNCHERS, launch  # light; the report and worker modules load after the plan checks
 
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    if out_dir is not None:
+        cfg["out_dir"] = str(out_dir)
+    if not cfg.get("out_dir"):
+        raise ValueError("evaluate() needs out_dir: evaluate(cfg, out_dir='evaluations/mine') or compose('evaluate', "
+                         "['out_dir=...']) (mihd evaluate on the command line defaults to evaluations/default).")
+    if not plan_only:
+        check_output_dir(cfg["out_dir"], "out_dir")
     launcher = dict(cfg.get("launcher") or {"name": "local"})
     if launcher.get("name", "local") not in LAUNCHERS:
         raise ValueError(f"launcher={launcher.get('name')!r} is unknown; use one of {', '.join(LAUNCHERS)}.")
@@ -174,6 +183,8 @@ def evaluate(cfg, train_overrides: list[str] = (), *, plan_only: bool = False, p
     files = _write_table(results_table(plan, rows), out_dir)
 
     if todo:
+        from ._worker import write_spec
+
         ready = {r.run_id for r in _prepare_once(todo)}
         for run in todo:
             if run.run_id not in ready:
@@ -207,6 +218,8 @@ def evaluate(cfg, train_overrides: list[str] = (), *, plan_only: bool = False, p
     table.loc[table["status"] == "todo", "status"] = "failed"
     table.loc[(table["status"] == "failed") & (table["error"] == ""), "error"] = "did not finish"
     files.update(_write_table(table, out_dir))
+    from ._report import write_report
+
     files.update(write_report(table, out_dir, plot_slice=cfg.get("plot_slice"), command=command))
     n_failed = int((table["status"] == "failed").sum())
     return EvaluationResult(plan, table, files, n_failed)

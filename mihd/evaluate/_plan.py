@@ -9,6 +9,7 @@ changed option makes a new run instead of silently reusing an old one.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import itertools
 import json
@@ -37,9 +38,11 @@ class PlanError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = list(dict.fromkeys(problems))  # de-duplicated, in order
         n = len(self.problems)
+        if n == 1:  # one line, like every other mihd error
+            super().__init__(f"the evaluation plan has 1 problem; nothing was run: {self.problems[0]}")
+            return
         super().__init__(
-            f"the evaluation plan has {n} problem{'s' * (n != 1)}; nothing was run:\n"
-            + "\n".join(f"  - {p}" for p in self.problems)
+            f"the evaluation plan has {n} problems; nothing was run:\n" + "\n".join(f"  - {p}" for p in self.problems)
         )
 
 
@@ -169,17 +172,32 @@ def build_plan(eval_cfg, train_overrides: list[str] = ()) -> Plan:
     """
     from omegaconf import DictConfig, OmegaConf
 
-    from .._config import compose
-    from .. import NEEDS_COORDS_FUSIONS  # the registry's one answer, derived from forward signatures
-    from ..fusion import list_fusions
-    from ..train import validate_config
+    from .._config import ConfigError, compose, one_line
 
     if isinstance(eval_cfg, DictConfig):
         eval_cfg = OmegaConf.to_container(eval_cfg, resolve=True)
     problems: list[str] = []
     base = _train_overrides(eval_cfg, list(train_overrides))
-    out_dir = Path(str(eval_cfg.get("out_dir") or "evaluations/default")).expanduser()
+    if not eval_cfg.get("out_dir"):
+        raise PlanError(["out_dir is not set; give out_dir=PATH (where run folders and the report go)."])
+    out_dir = Path(str(eval_cfg["out_dir"])).expanduser()
     cache_dir = eval_cfg.get("cache_dir") or str(out_dir / "cache")
+    first_slice = next(iter(_as_list(eval_cfg.get("slices"), "slices", [])), None)
+    if base and first_slice is not None:
+        # A typo in a train option of every run: one line, at once, before torch loads and any data is read.
+        try:
+            compose("train", [*_slice_overrides(first_slice), *base], stamp_run_dir=False)
+        except ConfigError as err:
+            if err.override in base:
+                top = str(err.key or "").split(".")[0]
+                near = difflib.get_close_matches(top, sorted(EVALUATE_KEYS), n=1, cutoff=0.75) if err.key else []
+                msg = (f"unknown key {err.key!r} in {err.override!r}; did you mean `{near[0]}` (an evaluate option)?"
+                       if near else one_line(err))
+                raise PlanError([msg]) from None
+
+    from .. import NEEDS_COORDS_FUSIONS  # the registry's one answer, derived from forward signatures
+    from ..fusion import list_fusions
+    from ..train import validate_config
 
     fusions = eval_cfg.get("fusions", "all")
     if fusions in ("all", None):
@@ -188,7 +206,9 @@ def build_plan(eval_cfg, train_overrides: list[str] = ()) -> Plan:
     registered = list_fusions()
     for f in fusions:
         if f not in registered:
-            problems.append(f"fusions: {f!r} is not a registered fusion; registered: {', '.join(registered)}.")
+            near = difflib.get_close_matches(str(f), registered, n=1)
+            problems.append(f"fusions: {f!r} is not a registered fusion" + (f" (did you mean {near[0]}?)" if near else "")
+                            + f"; registered: {', '.join(registered)}.")
     fusions = [f for f in dict.fromkeys(map(str, fusions)) if f in registered]
     encoders = [str(e) for e in _as_list(eval_cfg.get("encoders"), "encoders", problems)]
     clusters = [str(c) for c in _as_list(eval_cfg.get("clusters"), "clusters", problems)]
@@ -204,6 +224,7 @@ def build_plan(eval_cfg, train_overrides: list[str] = ()) -> Plan:
     runs: list[PlannedRun] = []
     slices: dict[str, dict] = {}
     seen: set[str] = set()
+    named: dict[str, tuple] = {}  # slice name -> (entry, path): two different slices must not share a name
     # Seeds vary fastest after fusions (below): an interrupted plan has whole seeds done.
     for entry, (variant, (variant_ovr, variant_fusions)), encoder, cluster in itertools.product(
         slice_entries, variants.items(), encoders, clusters
@@ -221,12 +242,14 @@ def build_plan(eval_cfg, train_overrides: list[str] = ()) -> Plan:
                     stamp_run_dir=False,
                 )
             except Exception as err:  # Hydra / OmegaConf: a config name or override is wrong
-                problems.append(f"{where}: {_one_line(err)}")
+                if getattr(err, "override", None) in base:  # a train option of every run: say it once, alone
+                    raise PlanError([one_line(err)]) from None
+                problems.append(f"{where}: {one_line(err)}")
                 break  # the same for every fusion: say it once
             try:
                 validate_config(cfg)
             except Exception as err:  # our own option checks, naming the option
-                problems.append(f"{where}, fusion {fusion!r}: {_one_line(err)}")
+                problems.append(f"{where}, fusion {fusion!r}: {one_line(err)}")
                 continue
             composed[fusion] = OmegaConf.to_container(cfg, resolve=True)
             composed[fusion]["cache_dir"] = str(cache_dir)
@@ -234,6 +257,13 @@ def build_plan(eval_cfg, train_overrides: list[str] = ()) -> Plan:
             continue
         data_cfg = next(iter(composed.values()))["data"]
         name = str(data_cfg.get("name") or entry)
+        same_name = named.setdefault(name, (entry, data_cfg.get("path")))
+        if same_name[1] != data_cfg.get("path"):
+            problems.append(
+                f"slices {same_name[0]!r} and {entry!r} are both named {name!r} (their results would mix); give "
+                f"each slice its own name, e.g. {{data: {data_cfg.get('name') or 'h5ad'}, path: ..., name: slice_b}}."
+            )
+            continue
         info = slices.get(name) or _inspect(data_cfg)
         slices[name] = info
         problems += [f"slice {name!r}: {p}" for p in info["problems"]]
@@ -304,8 +334,3 @@ def _inspect(data_cfg: dict) -> dict:
         info["problems"] = [p + f" (data.root={data_cfg['root']}; set MIHD_DATA_DIR to the folder that holds it, "
                             "or data.root=...)" for p in info["problems"]]
     return info
-
-
-def _one_line(err: Exception) -> str:
-    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    return " ".join(str(msg).split(" Config search path")[0].split())

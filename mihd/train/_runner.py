@@ -7,21 +7,25 @@ configuration and the data runs before any long computation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .._device import resolve_device
-from ..fusion import forward_fusion, fusion_info
+from .._config import check_config_keys, check_output_dir
 
+# torch, scanpy and Lightning are imported inside the functions that use them: a config error
+# comes back before they load (issue 17: in well under 2 s).
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "RunResult", "load_slice", "validate_config", "prepare_slice_inputs", "peak_memory_mib"]
+__all__ = ["train", "RunResult", "load_slice", "validate_config", "check_config", "prepare_slice_inputs",
+           "peak_memory_mib"]
 
 # Fused-embedding width when a config has no `out_dim` (configs/train.yaml sets the same value).
 DEFAULT_OUT_DIM = 32
@@ -42,7 +46,12 @@ class RunResult:
 # --------------------------------------------------------------------------- config
 
 
+MISSING = "???"  # OmegaConf's mark of a value the user must give (e.g. data.path of data=visium)
+
+
 def _cfg_get(cfg, dotted: str, default=None):
+    from omegaconf.errors import MissingMandatoryValue
+
     node = cfg
     for part in dotted.split("."):
         if node is None:
@@ -51,6 +60,8 @@ def _cfg_get(cfg, dotted: str, default=None):
             node = node[part]
         except (KeyError, AttributeError, TypeError):
             return default
+        except MissingMandatoryValue:
+            return MISSING
     return default if node is None else node
 
 
@@ -67,36 +78,32 @@ def _to_dict(node) -> dict:
     return dict(node)
 
 
-def validate_config(cfg) -> dict:
-    """Check names and options against the registries before anything runs.
+PROGRESS_BAR = (True, False, "auto")
 
-    Returns the few resolved facts the runner needs (fusion info, cluster method).
-    Raises ``ValueError`` / ``KeyError`` whose messages name the option and what would work.
+
+def check_config(cfg) -> int:
+    """The checks that need no registry, data or heavy import: every key known, every number a number.
+
+    Returns ``data.n_domains``. Raises ``ValueError`` naming the key and what would work.
     """
-    import inspect
-
-    from ..cluster import check_method
-    from ..encoders import get_gene_encoder, get_image_encoder
-
-    name = _cfg_get(cfg, "fusion.name")
-    if not name:
+    check_config_keys(cfg)
+    if not _cfg_get(cfg, "fusion.name"):
         raise ValueError("no fusion given; use fusion=<name>.")
-    info = fusion_info(str(name))  # unknown name -> lists the registered ones
-    options = _to_dict(_cfg_get(cfg, "fusion.options"))
-    try:
-        inspect.signature(info.cls).bind({}, out_dim=1, **options)
-    except TypeError:
-        accepted = [p for p in inspect.signature(info.cls).parameters if p not in ("dims", "out_dim")]
-        raise ValueError(
-            f"fusion.options {sorted(options)} do not fit fusion {info.name!r}; it accepts: {', '.join(accepted) or 'none'}."
-        ) from None
-    method = _cfg_get(cfg, "cluster.method", "gmm")
-    check_method(method, _to_dict(_cfg_get(cfg, "cluster.options")))
+    _positive_int(cfg, "seed", minimum=0, default=0, hint="the seed of the model, batch order and clustering, e.g. seed=0")
     n_domains = _positive_int(cfg, "data.n_domains", minimum=2, hint="the number of spatial domains K to find, e.g. data.n_domains=7")
     _positive_int(cfg, "trainer.max_epochs", minimum=1, default=200)
     if _cfg_get(cfg, "trainer.batch_size") is not None:
         _positive_int(cfg, "trainer.batch_size", minimum=1, hint="spots per step, or null for the full slice")
     _positive_int(cfg, "out_dim", minimum=2, default=DEFAULT_OUT_DIM)
+    if _cfg_get(cfg, "data.path") == MISSING:
+        raise ValueError(f"data.path is required for data={_cfg_get(cfg, 'data.name', '?')}: give the slice, e.g. "
+                         "data.path=/path/to/spaceranger/outs or data.path=slice.h5ad.")
+    progress = _cfg_get(cfg, "trainer.progress_bar", "auto")
+    if progress not in PROGRESS_BAR:
+        raise ValueError(f"trainer.progress_bar={progress!r}; use auto (only when the output is a terminal), true or false.")
+    key = _cfg_get(cfg, "data.annotation_key")
+    if key is not None and not isinstance(key, str):
+        raise ValueError(f"data.annotation_key={key!r}: give an obs column name, or null (ground_truth when present).")
     k_spatial = _spatial_neighbors_setting(cfg)
     _unannotated_labels(cfg)
     if _cfg_get(cfg, "spatial.context_neighbors") is not None:
@@ -118,6 +125,39 @@ def validate_config(cfg) -> dict:
     unknown = sorted(set(weights) - {"gene", "image"})
     if unknown:
         raise ValueError(f"trainer.modality_weights has unknown modalities {unknown}; the modalities are gene and image.")
+    image = _cfg_get(cfg, "encoder.image", "stats")
+    if image == "precomputed" and _cfg_get(cfg, "encoder.image_options.path", MISSING) == MISSING:
+        raise ValueError("encoder=precomputed needs the embedding file: encoder.image_options.path=emb.npy (one row per "
+                         "spot, in obs order) or a .csv/.tsv/.parquet keyed by barcode.")
+    return n_domains
+
+
+def validate_config(cfg) -> dict:
+    """Check names and options against the registries before anything runs.
+
+    Returns the few resolved facts the runner needs (fusion info, cluster method).
+    Raises ``ValueError`` / ``KeyError`` whose messages name the option and what would work.
+    """
+    import inspect
+
+    from .._device import resolve_device
+    from ..cluster import check_method
+    from ..encoders import get_gene_encoder, get_image_encoder
+    from ..fusion import fusion_info
+
+    n_domains = check_config(cfg)
+    name = _cfg_get(cfg, "fusion.name")
+    info = fusion_info(str(name))  # unknown name -> lists the registered ones
+    options = _to_dict(_cfg_get(cfg, "fusion.options"))
+    try:
+        inspect.signature(info.cls).bind({}, out_dim=1, **options)
+    except TypeError:
+        accepted = [p for p in inspect.signature(info.cls).parameters if p not in ("dims", "out_dim")]
+        raise ValueError(
+            f"fusion.options {sorted(options)} do not fit fusion {info.name!r}; it accepts: {', '.join(accepted) or 'none'}."
+        ) from None
+    method = _cfg_get(cfg, "cluster.method", "gmm")
+    check_method(method, _to_dict(_cfg_get(cfg, "cluster.options")))
     gene = _cfg_get(cfg, "encoder.gene", "pca")
     gene_cls = get_gene_encoder(gene)
     gene_options = _to_dict(_cfg_get(cfg, "encoder.gene_options"))
@@ -149,6 +189,62 @@ def _spatial_neighbors_setting(cfg):
     if str(_cfg_get(cfg, "spatial.n_neighbors", "auto")).lower() == "auto":
         return "auto"
     return _positive_int(cfg, "spatial.n_neighbors", minimum=1, hint="or auto: pool about 6,000 molecules per neighbourhood")
+
+
+def show_progress(setting) -> bool:
+    """``trainer.progress_bar``: ``auto`` shows Lightning's bar only when stdout is a terminal (a log
+    file gets the per-step messages instead of a bar per epoch); ``true`` / ``false`` force it."""
+    return bool(sys.stdout.isatty()) if setting == "auto" else bool(setting)
+
+
+def annotation_column(cfg, adata) -> str | None:
+    """The ``obs`` column a run is scored against, checked before any training.
+
+    ``data.annotation_key`` names it; null means ``ground_truth`` when the data has it, else unscored.
+    A named column that is absent, or one without a single label, raises ``KeyError`` / ``ValueError``.
+    Only the labels' presence is looked at here: they are read for scoring alone, after clustering.
+    """
+    key = _cfg_get(cfg, "data.annotation_key")
+    if key is None:
+        if "ground_truth" in adata.obs:
+            key = "ground_truth"
+        else:
+            log.info("no annotation (data.annotation_key=null and no obs['ground_truth']): domains are not scored")
+            return None
+    if key not in adata.obs:
+        columns = [str(c) for c in adata.obs.columns]
+        raise KeyError(
+            f"data.annotation_key={key!r} is not a column of the data; its obs columns are "
+            f"{columns if columns else 'none'}. Name one of them, give data.annotation=<table>, "
+            "or data.annotation_key=null to run unscored."
+        )
+    truth = _truth(cfg, adata, key)
+    if not _has_labels(truth):
+        raise ValueError(
+            f"obs[{key!r}] has no label on any of the {adata.n_obs} spots (all NA"
+            f"{' or listed in data.unannotated' if _unannotated_labels(cfg) else ''}); nothing could be scored. "
+            "Check the annotation (data.annotation / data.annotation_key), or set data.annotation_key=null to run unscored."
+        )
+    return key
+
+
+def _truth(cfg, adata, key: str | None):
+    if key is None:
+        return None
+    truth = adata.obs[key].to_numpy()
+    unannotated = _unannotated_labels(cfg)
+    if unannotated:
+        truth = np.where(np.isin(truth.astype(str), unannotated), None, truth.astype(object))
+    return truth
+
+
+def _has_labels(truth) -> bool:
+    from ..metrics import UNANNOTATED_STRINGS
+
+    import pandas as pd
+
+    values = pd.Series(truth, dtype=object)
+    return bool((values.notna() & ~values.astype(str).str.strip().isin(UNANNOTATED_STRINGS)).any())
 
 
 def spatial_neighbors(cfg, adata) -> int:
@@ -191,10 +287,11 @@ def _positive_int(cfg, key: str, *, minimum: int, default=None, hint: str = "") 
 def load_slice(data_cfg):
     """Read the slice a ``data`` config describes (the bundled example when ``path`` is null)."""
     from ..data import dlpfc_151673, read_slice
+    from ..data._validate import check_slice
 
     path = _cfg_get(data_cfg, "path")
     annotation = _cfg_get(data_cfg, "annotation")
-    key = _cfg_get(data_cfg, "annotation_key", "ground_truth")
+    key = _cfg_get(data_cfg, "annotation_key", "ground_truth")  # where a table's labels go
     if path is None:
         example = _cfg_get(data_cfg, "example")
         if example == "synthetic":
@@ -207,8 +304,11 @@ def load_slice(data_cfg):
         return dlpfc_151673()
     path = Path(os.path.expanduser(str(path)))
     if not path.exists():
+        root = _cfg_get(data_cfg, "root")
+        where = (f" (data.root={root}; set MIHD_DATA_DIR to the folder that holds {Path(str(root)).name}/, or give data.root=...)"
+                 if root else "")
         raise FileNotFoundError(
-            f"data.path={str(path)!r} does not exist; give a Space Ranger output folder "
+            f"data.path={str(path)!r} does not exist{where}; give a Space Ranger output folder "
             "(filtered_feature_bc_matrix.h5 + spatial/), a Visium HD outs/ or binned_outputs/square_NNNum/ "
             "folder, a Xenium output folder (cell_feature_matrix.h5 + cells.parquet) or an .h5ad file."
         )
@@ -222,6 +322,7 @@ def load_slice(data_cfg):
         if _cfg_get(data_cfg, "load_morphology"):  # Xenium: a bounded level of the DAPI image
             kwargs["load_morphology"] = True
     adata = read_slice(path, **kwargs)
+    check_slice(adata, source=f"data.path={path}")
     if path.is_file() and annotation:
         from ..data import add_annotation
 
@@ -364,27 +465,53 @@ def _fit(plan, dm, cfg, device, run_dir: Path | None, progress: bool) -> dict:
         )
         callbacks.append(ckpt)
     accelerator = {"cuda": "gpu", "mps": "mps"}.get(device.type, "cpu")
-    trainer = pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator=accelerator,
-        devices=1,
-        logger=logger,
-        callbacks=callbacks,
-        enable_checkpointing=ckpt is not None,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        deterministic=bool(_cfg_get(cfg, "trainer.deterministic", True)),
-        log_every_n_steps=max(1, min(50, max_epochs)),
-        gradient_clip_val=_cfg_get(cfg, "trainer.gradient_clip_val", 1.0),
-        default_root_dir=str(run_dir) if run_dir else None,
-    )
+    log.info("training %s for %d epochs on %s%s", _cfg_get(cfg, "fusion.name"), max_epochs, device.type,
+             "" if progress else " (no progress bar: stdout is not a terminal; trainer.progress_bar=true forces it)"
+             if _cfg_get(cfg, "trainer.progress_bar", "auto") == "auto" else "")
     t0 = time.perf_counter()
-    trainer.fit(plan, datamodule=dm)
+    with _quiet_lightning():
+        trainer = pl.Trainer(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=1,
+            logger=logger,
+            callbacks=callbacks,
+            enable_checkpointing=ckpt is not None,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            deterministic=bool(_cfg_get(cfg, "trainer.deterministic", True)),
+            log_every_n_steps=max(1, min(50, max_epochs)),
+            gradient_clip_val=_cfg_get(cfg, "trainer.gradient_clip_val", 1.0),
+            default_root_dir=str(run_dir) if run_dir else None,
+        )
+        trainer.fit(plan, datamodule=dm)
     out = {"epochs": int(trainer.current_epoch), "train_seconds": round(time.perf_counter() - t0, 2)}
     out["final_loss"] = float(trainer.callback_metrics.get("loss", float("nan")))
+    log.info("trained in %.1f s (final loss %.4g)", out["train_seconds"], out["final_loss"])
     if ckpt is not None and ckpt.best_model_path:
         out["checkpoint"] = str(Path(ckpt.best_model_path).resolve())
     return out
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's start-up banner ("GPU available", "Tip: ...") buries the useful lines, in the
+    Python API as in the CLI; its warnings stay. The levels are restored afterwards."""
+    import warnings
+
+    names = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+             "lightning_fabric.utilities.rank_zero")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) -> RunResult:
@@ -410,32 +537,42 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         ``adata`` gains ``obsm["X_mihd_<fusion>"]``, ``obs["mihd_<fusion>"]`` (domains),
         ``obs["mihd_<fusion>_refined"]`` and ``uns["mihd"]`` (params, scores).
     """
+    t_start = time.perf_counter()
+    check_config(cfg)  # keys and values: before any heavy import
+    run_dir = Path(str(_cfg_get(cfg, "run_dir"))) if write and _cfg_get(cfg, "run_dir") else None
+    if run_dir is not None:
+        check_output_dir(run_dir, "run_dir")  # before the data is read, not after training
+        if (run_dir / "metrics.json").exists() and not bool(_cfg_get(cfg, "overwrite", False)):
+            raise FileExistsError(
+                f"run_dir={str(run_dir)!r} already holds a finished run (metrics.json); choose another "
+                "run_dir, or pass overwrite=true to replace it."
+            )
+
     import torch
 
+    from .._device import resolve_device
     from ..cluster import cluster_embedding, gmm_from_labels
+    from ..data._validate import check_slice
+    from ..fusion import forward_fusion
     from ..graph import knn_indices
     from ..metrics import score_labels
     from ..refine import refine_labels
     from ._datamodule import SpotDataModule
     from ._plan import FusionTrainingPlan
 
-    t_start = time.perf_counter()
     checked = validate_config(cfg)
     info, method, n_domains = checked["info"], checked["method"], checked["n_domains"]
     seed = int(_cfg_get(cfg, "seed", 0))
     device = resolve_device(_cfg_get(cfg, "trainer.accelerator", "auto"))
-    progress = bool(_cfg_get(cfg, "trainer.progress_bar", True)) if progress is None else progress
-    run_dir = Path(str(_cfg_get(cfg, "run_dir"))) if write and _cfg_get(cfg, "run_dir") else None
+    progress = show_progress(_cfg_get(cfg, "trainer.progress_bar", "auto")) if progress is None else progress
 
-    if run_dir is not None and (run_dir / "metrics.json").exists():
-        if not bool(_cfg_get(cfg, "overwrite", False)):
-            raise FileExistsError(
-                f"run_dir={str(run_dir)!r} already holds a finished run (metrics.json); choose another "
-                "run_dir, or pass overwrite=true to replace it."
-            )
-        (run_dir / "metrics.json").unlink()  # its presence must keep meaning "finished"
     if adata is None:
+        t0 = time.perf_counter()
+        log.info("reading %s", _cfg_get(cfg, "data.path") or f"the {_cfg_get(cfg, 'data.name', 'bundled')} slice")
         adata = load_slice(cfg["data"])
+        log.info("read %d spots x %d genes in %.1f s", adata.n_obs, adata.n_vars, time.perf_counter() - t0)
+    else:
+        check_slice(adata, source="the AnnData given to train()")
     has_coords = "spatial" in adata.obsm
     if info.needs_coords and not has_coords:
         raise ValueError(
@@ -443,14 +580,20 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
             f"(obsm keys: {list(adata.obsm.keys())}). Use a fusion that does not need them: "
             f"{', '.join(n for n in _registered(needs_coords=False))}."
         )
-    truth_key = _cfg_get(cfg, "data.annotation_key", "ground_truth")
+    truth_key = annotation_column(cfg, adata)
     if n_domains >= adata.n_obs:
         raise ValueError(f"data.n_domains={n_domains} must be smaller than the number of spots ({adata.n_obs}).")
+    if run_dir is not None and (run_dir / "metrics.json").exists():
+        (run_dir / "metrics.json").unlink()  # overwrite=true; its presence must keep meaning "finished"
 
     # ---- prepared inputs (cached per slice and encoder parameters)
     t0 = time.perf_counter()
+    log.info("preparing features (gene encoder %s, image encoder %s)", _cfg_get(cfg, "encoder.gene", "pca"),
+             _cfg_get(cfg, "encoder.image", "stats"))
     prepared = prepare_slice_inputs(cfg, adata)
     prep_seconds = time.perf_counter() - t0
+    log.info("features %s in %.1f s: %s", "loaded from the cache" if prepared.meta.get("cache_hit") else "computed",
+             prep_seconds, ", ".join(f"{m} {x.shape[1]}" for m, x in prepared.features.items()))
     features = _standardise(prepared.features, gene_scaling(cfg))
 
     # ---- spatial neighbours for input smoothing (cKDTree, or the grid engine at HD scale)
@@ -529,6 +672,8 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
 
     # ---- domains, refinement, scores (ground truth is read only here, to score)
     t0 = time.perf_counter()
+    log.info("clustering the %s into %d domains (%s)", "reconstruction" if to_cluster is not emb else "embedding",
+             n_domains, method)
     cluster_options = _to_dict(_cfg_get(cfg, "cluster.options"))
     start = _cfg_get(cfg, "cluster.start", "free")
     if start == "inputs" and method == "gmm" and plan is not None:
@@ -539,6 +684,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         start = "free"
         labels = cluster_embedding(to_cluster, n_domains, method=method, seed=seed, **cluster_options)
     cluster_seconds = time.perf_counter() - t0
+    log.info("clustered in %.1f s", cluster_seconds)
     label_key, refined_key = f"mihd_{info.name}", f"mihd_{info.name}_refined"
     adata.obs[label_key] = _categorical(labels)
     refine_k = _cfg_get(cfg, "refine.n_neighbors", 6)
@@ -550,10 +696,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         refined = labels
         adata.obs[refined_key] = adata.obs[label_key]
     # Ground truth is read here, after clustering and refinement, and only to score.
-    truth = adata.obs[truth_key].to_numpy() if truth_key in adata.obs else None
-    unannotated = _unannotated_labels(cfg)
-    if truth is not None and unannotated:
-        truth = np.where(np.isin(truth.astype(str), unannotated), None, truth.astype(object))
+    truth = _truth(cfg, adata, truth_key)
     scores = {
         "before_refinement": score_labels(labels, truth, prepared.coords),
         "after_refinement": score_labels(refined, truth, prepared.coords),
@@ -595,7 +738,9 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     if run_dir is not None:
         from ._outputs import write_run
 
+        t0 = time.perf_counter()
         write_run(result, cfg, truth_key=truth_key if truth is not None else None)
+        log.info("outputs written to %s in %.1f s", run_dir, time.perf_counter() - t0)
     return result
 
 
