@@ -253,6 +253,71 @@ def test_sigkill_mid_run_then_rerun_finishes_the_plan_without_recomputing(tmp_pa
     assert not list(out_dir.rglob("*.tmp"))  # no half-written file anywhere
 
 
+def _worker_of(run_dir) -> tuple[int, int] | None:
+    """(pid, n-th run of that process) from the header the local worker writes into run.log."""
+    import re
+
+    log = Path(run_dir, "run.log")
+    found = re.search(r"worker pid (\d+): run (\d+) of this process", log.read_text()) if log.is_file() else None
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def test_one_worker_serves_every_run_and_gives_the_labels_of_a_fresh_process(tmp_path, visium_folder):
+    import anndata as ad
+
+    cfg, train_args = _cfg(_eval_args(visium_folder, tmp_path / "ev", "fusions=[genes_only,concat,mean]", "seeds=[0]"))
+    table = evaluate(cfg, train_args, progress=False).table
+    assert (table["status"] == "ok").all()
+    workers = [_worker_of(d) for d in table["run_dir"]]
+    assert len({pid for pid, _ in workers}) == 1 and [n for _, n in workers] == [1, 2, 3]
+    assert workers[0][0] != os.getpid()  # a worker process, not the evaluation itself
+
+    # The same runs, each in a fresh process (runs_per_worker=1): bit-identical domains and embeddings.
+    cfg, train_args = _cfg(_eval_args(visium_folder, tmp_path / "fresh", "fusions=[concat,mean]", "seeds=[0]",
+                                      "launcher.runs_per_worker=1"))
+    fresh = evaluate(cfg, train_args, progress=False).table.set_index("fusion")
+    assert [_worker_of(d)[1] for d in fresh["run_dir"]] == [1, 1]
+    assert len({_worker_of(d)[0] for d in fresh["run_dir"]}) == 2
+    for fusion in ("concat", "mean"):
+        reused = ad.read_h5ad(Path(table.set_index("fusion").loc[fusion, "run_dir"], "adata.h5ad"))
+        alone = ad.read_h5ad(Path(fresh.loc[fusion, "run_dir"], "adata.h5ad"))
+        assert (reused.obs[f"mihd_{fusion}"] == alone.obs[f"mihd_{fusion}"]).all()
+        assert (reused.obsm[f"X_mihd_{fusion}"] == alone.obsm[f"X_mihd_{fusion}"]).all()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kills a worker by pid")
+def test_a_worker_killed_mid_run_fails_that_run_only_and_a_fresh_worker_goes_on(tmp_path, visium_folder):
+    import threading
+
+    from mihd.evaluate._launch import launch
+    from mihd.evaluate._worker import write_spec
+
+    out_dir = tmp_path / "ev"
+    cfg, train_args = _cfg(_eval_args(visium_folder, out_dir, "fusions=[concat]", "seeds=[0,1,2]",
+                                      "trainer.max_epochs=40"))
+    runs = build_plan(cfg, train_args).runs
+    for run in runs:
+        write_spec(run)
+
+    def kill_the_second_run_in_flight():  # as the out-of-memory killer would
+        deadline = time.time() + 300
+        while time.time() < deadline and _worker_of(runs[1].run_dir) is None:
+            time.sleep(0.01)
+        os.kill(_worker_of(runs[1].run_dir)[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_second_run_in_flight, daemon=True)
+    killer.start()
+    outcomes = {}
+    launch(runs, {"name": "local", "workers": 1}, lambda run, out: outcomes.update({run.run_id: out}), out_dir=out_dir)
+    killer.join(timeout=5)
+    first, second, third = (outcomes[r.run_id] for r in runs)
+    assert first["status"] == third["status"] == "done"
+    assert second["status"] == "failed" and "exited with code -9" in second["error"]
+    assert runs[0].status() == runs[2].status() == "done" and runs[1].status() == "todo"  # retried by a rerun
+    assert first["pid"] != third["pid"] == _worker_of(runs[2].run_dir)[0]
+    assert _worker_of(runs[2].run_dir)[1] == 1
+
+
 def test_joblib_launcher(tmp_path, visium_folder):
     out_dir = tmp_path / "ev"
     cfg, train_args = _cfg(_eval_args(visium_folder, out_dir, "fusions=[genes_only,concat]", "seeds=[0]",

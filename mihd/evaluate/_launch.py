@@ -7,10 +7,14 @@ safe to kill at any moment: a run is finished only once its ``metrics.json`` exi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,47 +51,95 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def _launch_local(runs, launcher: dict, on_done: OnDone) -> None:
-    """Each run is a fresh ``python -m mihd.evaluate._worker`` process, ``workers`` at a time.
+class _Worker:
+    """One ``python -m mihd.evaluate._worker --serve`` process, started from this (main) thread so
+    its death signal follows the evaluation; it runs the specs written to its stdin one at a time."""
 
-    Processes are started from this (main) thread, so the death signal set in the child
-    follows the evaluation itself; each run's output goes to ``<run_dir>/run.log``.
+    def __init__(self, out_dir: Path, threads: int, env: dict, answers: queue.Queue):
+        cmd = [sys.executable, "-m", "mihd.evaluate._worker", "--serve", str(out_dir), "--threads", str(threads),
+               "--parent-pid", str(os.getpid())]
+        with open(out_dir / "workers.log", "ab") as log_file:  # anything said before the worker takes over its output
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, env=env, text=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        self.run, self.served = None, 0
+        threading.Thread(target=self._read, args=(answers,), daemon=True).start()
+
+    def _read(self, answers: queue.Queue) -> None:
+        for line in self.proc.stdout:
+            answers.put((self, json.loads(line)))
+        answers.put((self, None))  # end of output: the process is gone
+
+    def send(self, run) -> None:
+        self.run, self.served = run, self.served + 1
+        try:
+            self.proc.stdin.write(f"{run.run_dir / 'spec.json'}\n")
+            self.proc.stdin.flush()
+        except OSError:  # already dead; its end-of-output answer fails the run
+            pass
+
+    def retire(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # end of input: it exits after the run in flight
+
+
+def _launch_local(runs, launcher: dict, on_done: OnDone, *, out_dir: Path) -> None:
+    """Runs in ``workers`` local worker processes, each importing once and serving runs one at a time.
+
+    A worker serves ``runs_per_worker`` runs (0: no limit; 1: a fresh process per run) before
+    a fresh one replaces it. A worker that dies (killed, out of memory) fails its run in flight
+    only; the next run goes to a fresh worker. Each run's output goes to ``<run_dir>/run.log``.
     """
-    workers = max(1, int(launcher.get("workers", 1)))
+    n_workers = max(1, int(launcher.get("workers", 1)))
+    per_worker = max(0, int(launcher.get("runs_per_worker") or 0))
     threads = threads_per_worker(launcher)
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    queue, running = deque(runs), {}
-    linux = sys.platform.startswith("linux")
+    todo, answers = deque(runs), queue.Queue()
+    idle: list[_Worker] = []
+    busy: set[_Worker] = set()
+    retired: list[_Worker] = []
     try:
-        while queue or running:
-            while queue and len(running) < workers:
-                run = queue.popleft()
+        while todo or busy:
+            while todo and len(busy) < n_workers:
+                worker = idle.pop() if idle else _Worker(out_dir, threads, env, answers)
+                run = todo.popleft()
                 run.run_dir.mkdir(parents=True, exist_ok=True)
-                logfile = open(run.run_dir / "run.log", "ab")
-                cmd = [sys.executable, "-m", "mihd.evaluate._worker", str(run.run_dir / "spec.json"),
-                       "--threads", str(threads), "--parent-pid", str(os.getpid())]
-                proc = subprocess.Popen(
-                    cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                    preexec_fn=_die_with_parent if linux else None,
-                )
-                running[proc] = (run, logfile)
-            time.sleep(0.1)
-            for proc in [p for p in running if p.poll() is not None]:
-                run, logfile = running.pop(proc)
-                logfile.close()
-                outcome = {"status": "done" if proc.returncode == 0 else "failed", "returncode": proc.returncode}
-                if proc.returncode != 0 and not (run.run_dir / "error.json").exists():
+                worker.send(run)
+                busy.add(worker)
+            worker, answer = answers.get()
+            retired = [w for w in retired if w.proc.poll() is None]  # reap the ones that exited
+            if worker not in busy:  # a retired or idle worker ending: nothing was in flight
+                if worker in idle:
+                    idle.remove(worker)
+                continue
+            busy.discard(worker)
+            run = worker.run
+            if answer is None:
+                code = worker.proc.wait()
+                outcome = {"status": "failed", "returncode": code}
+                if not (run.run_dir / "error.json").exists():
                     # Killed (e.g. out of memory) before it could record its own error.
-                    outcome["error"] = f"the run process exited with code {proc.returncode}; see {run.run_dir / 'run.log'}"
-                on_done(run, outcome)
+                    outcome["error"] = f"the run process exited with code {code}; see {run.run_dir / 'run.log'}"
+            else:
+                outcome = answer
+                if per_worker and worker.served >= per_worker:
+                    worker.retire()
+                    retired.append(worker)
+                else:
+                    idle.append(worker)
+            on_done(run, outcome)
     finally:
-        for proc, (run, logfile) in running.items():
-            proc.kill()
-            proc.wait()
-            logfile.close()
+        for worker in idle:
+            worker.retire()
+        for worker in busy:
+            worker.proc.kill()
+        for worker in [*idle, *busy, *retired]:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(timeout=30)
 
 
 def _launch_joblib(runs, launcher: dict, on_done: OnDone) -> None:
@@ -158,7 +210,7 @@ def launch(runs, launcher: dict, on_done: OnDone, *, out_dir: Path) -> None:
         raise ValueError(f"launcher={name!r} is unknown; use one of {', '.join(LAUNCHERS)}.")
     if not runs:
         return
-    if name == "slurm":
-        _launch_slurm(runs, launcher, on_done, out_dir=out_dir)
+    if name == "joblib":
+        _launch_joblib(runs, launcher, on_done)
     else:
-        LAUNCHERS[name](runs, launcher, on_done)
+        LAUNCHERS[name](runs, launcher, on_done, out_dir=out_dir)

@@ -1,4 +1,9 @@
-"""One planned run, in whatever process a launcher gives it: ``python -m mihd.evaluate._worker spec.json``.
+"""Planned runs, in whatever process a launcher gives them.
+
+``python -m mihd.evaluate._worker spec.json`` runs one; ``python -m mihd.evaluate._worker --serve
+OUT_DIR`` (the local launcher) imports once and then runs spec after spec, read from stdin one
+path per line, answering each with one JSON line on stdout, so the 5-15 s of imports and compiles
+are paid once per worker, not once per run.
 
 The run folder is locked while the run is in flight (``fcntl.flock``, released by the OS when
 the process dies), so a rerun never runs a plan entry twice at once; ``metrics.json``, written
@@ -8,6 +13,7 @@ last and atomically, marks it finished, and a finished run is never recomputed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -15,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-__all__ = ["run_one", "write_spec"]
+__all__ = ["run_one", "serve", "write_spec"]
 
 
 def write_spec(run, path: Path | None = None) -> Path:
@@ -88,19 +94,84 @@ def run_one(spec_path: str | os.PathLike, threads: int | None = None) -> dict:
     return {"run_id": spec["run_id"], "status": "done"}
 
 
+def _reset_peak_memory() -> None:
+    """Linux: restart the process's peak-RSS count, so a reused worker reports each run's own peak."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+
+
+@contextlib.contextmanager
+def _output_to(path: Path, idle_fd: int):
+    """Send this process's stdout and stderr (fds 1 and 2, so C libraries too) to ``path``; back to ``idle_fd`` after."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(idle_fd, 1)
+        os.dup2(idle_fd, 2)
+        os.close(fd)
+
+
+def serve(out_dir: str | os.PathLike, threads: int | None = None, *, requests=None) -> int:
+    """Run the specs named on ``requests`` (default stdin), one path per line, one after the other.
+
+    Each run's output goes to its ``<run_dir>/run.log`` (headed by this worker's pid and how
+    many runs it has served); output between runs to ``<out_dir>/workers.log``. After each run
+    one JSON line (`run_one`'s answer plus ``"pid"``) goes to the original stdout. Returns 0
+    at the end of the input (the launcher closing the pipe, or dying).
+    """
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    idle = os.open(Path(out_dir) / "workers.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    os.dup2(idle, 1)
+    os.dup2(idle, 2)
+    _limit_threads(threads)
+    from ..train import train  # noqa: F401 - the heavy imports, once, before the first run arrives
+
+    served = 0
+    for line in requests if requests is not None else sys.stdin:
+        spec = line.strip()
+        if not spec:
+            continue
+        served += 1
+        with _output_to(Path(spec).parent / "run.log", idle):
+            print(f"mihd evaluate worker pid {os.getpid()}: run {served} of this process", flush=True)
+            _reset_peak_memory()
+            try:
+                out = run_one(spec, threads)
+            except Exception as err:  # an unreadable spec: that run fails, the worker goes on
+                traceback.print_exc()
+                out = {"run_id": Path(spec).parent.name, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+            gc.collect()  # the run's arrays go before the next run's peak is counted
+        channel.write(json.dumps({**out, "pid": os.getpid()}) + "\n")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     import argparse
     import logging
 
     parser = argparse.ArgumentParser(prog="python -m mihd.evaluate._worker")
-    parser.add_argument("spec")
+    parser.add_argument("spec", nargs="?", help="run this one spec.json and exit")
+    parser.add_argument("--serve", metavar="OUT_DIR", help="run the specs named on stdin (the evaluation in OUT_DIR)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
+    if (args.spec is None) == (args.serve is None):
+        parser.error("give either a spec.json or --serve OUT_DIR")
     if args.parent_pid is not None and os.getppid() != args.parent_pid:
         return 3  # the evaluation that started us is already gone: do not run orphaned
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    if args.serve is not None:
+        return serve(args.serve, args.threads)
     out = run_one(args.spec, args.threads)
     print(json.dumps(out))
     return 1 if out["status"] == "failed" else 0
