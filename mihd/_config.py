@@ -106,9 +106,13 @@ def fusion_names() -> list[str]:
         from .fusion import list_fusions
 
         return list_fusions()
-    fusion_dir = Path(__file__).resolve().parent / "fusion"
+    return scan_fusion_names()
+
+
+def scan_fusion_names() -> list[str]:
+    """The names in the ``@register_fusion("...")`` lines of mihd/fusion/*.py (no import)."""
     names = set()
-    for path in fusion_dir.glob("*.py"):
+    for path in (Path(__file__).resolve().parent / "fusion").glob("*.py"):
         if not path.stem.startswith("_"):
             names.update(_REGISTER.findall(path.read_text()))
     return sorted(names)

@@ -197,7 +197,7 @@ def build_plan(eval_cfg, train_overrides: list[str] = ()) -> Plan:
 
     from .. import NEEDS_COORDS_FUSIONS  # the registry's one answer, derived from forward signatures
     from ..fusion import list_fusions
-    from ..train import validate_config
+    from ..train import check_config, validate_config
 
     fusions = eval_cfg.get("fusions", "all")
     if fusions in ("all", None):
@@ -246,6 +246,11 @@ def build_plan(eval_cfg, train_overrides: list[str] = ()) -> Plan:
                     raise PlanError([one_line(err)]) from None
                 problems.append(f"{where}: {one_line(err)}")
                 break  # the same for every fusion: say it once
+            try:
+                check_config(cfg)
+            except Exception as err:  # keys and values, the same for every fusion: say it once
+                problems.append(f"{where}: {one_line(err)}")
+                break
             try:
                 validate_config(cfg)
             except Exception as err:  # our own option checks, naming the option

@@ -127,8 +127,9 @@ def check_config(cfg) -> int:
         raise ValueError(f"trainer.modality_weights has unknown modalities {unknown}; the modalities are gene and image.")
     image = _cfg_get(cfg, "encoder.image", "stats")
     if image == "precomputed" and _cfg_get(cfg, "encoder.image_options.path", MISSING) == MISSING:
-        raise ValueError("encoder=precomputed needs the embedding file: encoder.image_options.path=emb.npy (one row per "
-                         "spot, in obs order) or a .csv/.tsv/.parquet keyed by barcode.")
+        raise ValueError("encoder=precomputed: encoder.image_options.path is required, the embedding file, e.g. "
+                         "encoder.image_options.path=emb.npy (one row per spot, in obs order) or a .csv/.tsv/.parquet "
+                         "keyed by barcode.")
     return n_domains
 
 
