@@ -20,7 +20,9 @@ OVERRIDES = ["trainer=fast", "encoder.gene_options.n_top_genes=50", "encoder.gen
 
 
 def _run(adata, fusion: str, cluster: str = "gmm"):
-    cfg = compose("train", [f"fusion={fusion}", f"cluster={cluster}", *OVERRIDES], stamp_run_dir=False)
+    # A slice without labels runs with data.annotation_key=null (a named column that is absent is an error).
+    unlabelled = ["data.annotation_key=null"] if "ground_truth" not in adata.obs else []
+    cfg = compose("train", [f"fusion={fusion}", f"cluster={cluster}", *OVERRIDES, *unlabelled], stamp_run_dir=False)
     result = train(cfg, adata=adata, write=False, progress=False)
     return result, (result.adata.obsm[result.embedding_key], result.adata.obs[result.label_key].to_numpy(),
                     result.adata.obs[result.refined_key].to_numpy())
