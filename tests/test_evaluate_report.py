@@ -7,10 +7,13 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from anndata import AnnData
+
+from mihd.pl import spatial_domains
+from mihd.pl._spatial import _palette, domain_legends, match_labels
 
 from mihd.evaluate._report import (
     _domain_panels,
-    match_labels,
     plot_ari,
     plot_domain_grid,
     summary_markdown,
@@ -137,21 +140,61 @@ def test_match_labels_undoes_a_permutation():
     rng = np.random.default_rng(0)
     reference = rng.integers(0, 5, 200)
     perm = np.array([3, 0, 4, 1, 2])
-    np.testing.assert_array_equal(match_labels(perm[reference], reference).astype(int), reference)
-    # Names need not match in kind; missing labels stay missing.
+    assert match_labels(perm[reference], reference) == {p: i for i, p in enumerate(perm)}
+    # Names need not match in kind; missing labels are ignored.
     labels = np.array([f"d{p}" for p in perm[reference]], dtype=object)
     labels[:3] = None
-    out = match_labels(labels, reference)
-    assert all(v is None for v in out[:3])
-    np.testing.assert_array_equal(out[3:].astype(int), reference[3:])
+    assert match_labels(labels, reference) == {f"d{p}": i for i, p in enumerate(perm)}
 
 
-def test_match_labels_keeps_extra_labels_apart():
+def test_match_labels_leaves_extra_labels_unmatched():
     reference = np.array(["a", "a", "b", "b", "b", "b"])
     labels = np.array(["b", "b", "a", "a", "c", "c"])  # one label more than the reference
-    out = match_labels(labels, reference)
-    assert list(out[:4]) == ["a", "a", "b", "b"]
-    assert out[4] == out[5] and out[4] not in {"a", "b"}
+    assert match_labels(labels, reference) == {"b": "a", "a": "b"}
+
+
+def _toy_slice():
+    """Truth: three vertical bands A, B, C. Prediction: the same bands under permuted ids (A->2, B->0,
+    C->1), except a block of band C called 3, a domain the truth does not have; 4 spots unannotated."""
+    xy = np.array([(x, y) for y in range(10) for x in range(12)], dtype=float)
+    truth = np.array(["A", "B", "C"], dtype=object)[(xy[:, 0] // 4).astype(int)]
+    pred = np.array(["2", "0", "1"])[(xy[:, 0] // 4).astype(int)]
+    pred[(xy[:, 0] >= 10) & (xy[:, 1] >= 6)] = "3"
+    truth[:4] = "NA"
+    obs = pd.DataFrame({"pred": pd.Categorical(pred), "truth": truth}, index=[f"s{i}" for i in range(len(xy))])
+    return AnnData(obs=obs, obsm={"spatial": xy})
+
+
+def test_predicted_domains_take_the_colour_of_the_truth_label_they_overlap_most():
+    adata = _toy_slice()
+    colours = _palette(4)
+    legends = domain_legends(adata, ["pred", "truth"], match_to="truth")
+    assert {c: rgba for c, (rgba, _) in legends["truth"].items()} == dict(zip("ABC", colours[:3]))
+    pred = legends["pred"]
+    assert [pred[c][0] for c in ("2", "0", "1")] == colours[:3]
+    assert pred["3"][0] == colours[3] and colours[3] not in colours[:3]  # the extra domain: a colour of its own
+    assert [text for _, text in pred.values()] == ["2 → A", "0 → B", "1 → C", "3 (no match)"]
+
+    # The figure draws exactly those colours, spot by spot; unannotated spots grey; legends beside the tissue.
+    fig = spatial_domains(adata, ["pred", "truth"], titles=["prediction: ARI 0.9", "truth"], match_to="truth",
+                          suptitle="toy, seed 0")
+    drawn = [ax.collections[0].get_facecolors() for ax in fig.axes[:2]]
+    for i, (p, t) in enumerate(zip(adata.obs["pred"], adata.obs["truth"])):
+        np.testing.assert_allclose(drawn[0][i], pred[p][0])
+        np.testing.assert_allclose(drawn[1][i], legends["truth"][t][0] if t != "NA" else (0.8, 0.8, 0.8, 1.0))
+    fig.canvas.draw()
+    for ax in fig.axes[:2]:
+        legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.x0 >= box.x1  # outside the tissue, to the right
+    assert fig.axes[0].get_title() == "prediction: ARI 0.9" and fig._suptitle.get_text() == "toy, seed 0"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["2 → A", "0 → B", "1 → C", "3 (no match)"]
+
+
+def test_a_domain_that_overlaps_no_truth_label_stays_unmatched():
+    adata = _toy_slice()
+    adata.obs["truth"] = np.where(adata.obs["pred"] == "3", "NA", adata.obs["truth"])  # block 3 unannotated
+    legends = domain_legends(adata, ["pred"], match_to="truth")
+    assert legends["pred"]["3"] == (_palette(4)[3], "3 (no match)")
 
 
 def test_plots_and_report_without_run_folders(table, tmp_path, caplog):
@@ -189,23 +232,71 @@ def run_folders(tmp_path_factory):
     return pd.DataFrame(rows), adata.obs_names, dropped
 
 
-def test_domain_panels_align_spots_and_match_colours(run_folders):
+def test_domain_panels_align_spots_and_match_colours_to_the_truth(run_folders):
     table, obs_names, dropped = run_folders
-    adata, keys, titles = _domain_panels(table, "s1")  # default seed: 0, the smallest
+    adata, keys, titles, seed, match_to = _domain_panels(table, "s1")  # default seed: 0, the smallest
+    assert seed == 0 and match_to == "ground_truth"
     assert keys == ["panel_0", "panel_1", "panel_2", "ground_truth"]
-    assert titles[:3] == ["concat: ARI 0.600", "gnn: ARI 0.500", "mean: ARI 0.400"]
+    assert titles[:3] == ["concat: ARI 0.600, NMI 0.700", "gnn: ARI 0.500, NMI 0.600", "mean: ARI 0.400, NMI 0.500"]
     assert list(adata.obs_names) == list(obs_names)
-    first = adata.obs["panel_0"]
-    np.testing.assert_array_equal(adata.obs["panel_1"], first)  # permuted labels map back onto the first panel
-    assert list(first.cat.categories) == ["0", "1", "2", "3"]  # the first run's order fixes the colours
     kept = ~adata.obs_names.isin(dropped)
-    np.testing.assert_array_equal(adata.obs["panel_2"][kept], first[kept])
-    assert adata.obs["panel_2"][~kept].isna().all()
+    assert adata.obs["panel_2"][~kept].isna().all() and adata.obs["panel_2"][kept].notna().all()
     assert adata.obs["ground_truth"].isna().sum() == 5 and "NA" not in adata.obs["ground_truth"].cat.categories
+    # Every panel's labels are its own (permuted) ids, each drawn in the colour of the truth label it covers.
+    legends = domain_legends(adata, keys, match_to=match_to)
+    truth = adata.obs["ground_truth"]
+    for key in keys[:3]:
+        assert set(adata.obs[key].dropna()) == {"0", "1", "2", "3"}
+        spots = truth.notna() & adata.obs[key].notna()
+        for label, t in zip(adata.obs[key][spots], truth[spots]):
+            assert legends[key][label][0] == legends["ground_truth"][t][0]
 
 
-def test_domain_grid_and_full_report(run_folders, tmp_path):
+def test_domain_grid_and_full_report(run_folders, tmp_path, monkeypatch):
+    import mihd.evaluate._report as report
+
     table = run_folders[0]
+    drawn = {}
+    save = report._save_png
+    monkeypatch.setattr(report, "_save_png", lambda fig, path: (drawn.update(
+        suptitle=fig._suptitle.get_text(), titles=[ax.get_title() for ax in fig.axes]), save(fig, path))[1])
     assert plot_domain_grid(table, "s1", tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")
+    assert drawn["suptitle"] == "slice s1, seed 0: refined domains of each method, colours matched to the ground truth"
+    assert drawn["titles"][:4] == ["concat: ARI 0.600, NMI 0.700", "gnn: ARI 0.500, NMI 0.600",
+                                   "mean: ARI 0.400, NMI 0.500", "ground truth"]
+    monkeypatch.undo()
+    assert plot_domain_grid(table, "s1", tmp_path / "none.png", seed=1) is None  # seed 1's folders are missing
     paths = write_report(table, tmp_path)
     assert paths["domains"] == tmp_path / "domains_s1.png" and paths["domains"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_run_folder_domain_map_matches_colours_to_the_truth_and_titles_its_scores(tiny_slice):
+    from mihd._config import compose
+    from mihd.train import train
+    from mihd.train._outputs import domain_figure
+
+    cfg = compose("train", ["fusion=concat", "trainer=fast", "data.n_domains=4"], stamp_run_dir=False)
+    result = train(cfg, adata=tiny_slice.copy(), write=False)
+    fig = domain_figure(result, cfg, truth_key="ground_truth")
+    before, after = (result.metrics["scores"][s] for s in ("before_refinement", "after_refinement"))
+    assert [ax.get_title() for ax in fig.axes] == [
+        f"domains: ARI {before['ari']:.3f}, NMI {before['nmi']:.3f}",
+        f"refined domains: ARI {after['ari']:.3f}, NMI {after['nmi']:.3f}", "ground truth"]
+    assert "seed 0" in fig._suptitle.get_text() and "K = 4" in fig._suptitle.get_text()
+    keys = [result.label_key, result.refined_key, "ground_truth"]
+    legends = domain_legends(result.adata, keys, match_to="ground_truth")
+    truth_colours = {rgba for rgba, _ in legends["ground_truth"].values()}
+    for key, ax in zip(keys[:2], fig.axes):
+        matched = match_labels(result.adata.obs[key], result.adata.obs["ground_truth"])
+        assert len(matched) == 3  # 3 truth domains, 4 predicted: one extra domain
+        for label, (rgba, text) in legends[key].items():
+            if label in matched:
+                assert rgba == legends["ground_truth"][matched[label]][0] and text == f"{label} → {matched[label]}"
+            else:
+                assert rgba not in truth_colours and text == f"{label} (no match)"
+        spot_colours = ax.collections[0].get_facecolors()
+        for i, label in enumerate(result.adata.obs[key]):
+            np.testing.assert_allclose(spot_colours[i], legends[key][label][0])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -7,18 +7,18 @@ listed with the first line of their error.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
 
 from .._io import atomic_write, write_text
 from ..metrics import annotated_mask
 
-__all__ = ["match_labels", "plot_ari", "plot_domain_grid", "summary_markdown", "write_report"]
+__all__ = ["plot_ari", "plot_domain_grid", "summary_markdown", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -215,47 +215,6 @@ def plot_ari(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     return _save_png(fig, path)
 
 
-def match_labels(labels, reference) -> np.ndarray:
-    """Rename ``labels`` to the ``reference`` labels they overlap most (Hungarian matching).
-
-    Used so that colours agree between panels of different methods; it never changes
-    which spots share a label.
-
-    Parameters
-    ----------
-    labels
-        One label per spot; missing values stay missing.
-    reference
-        One label per spot, same order; missing values are ignored for the matching.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``object`` array: each label replaced by its matched reference label; labels left
-        unmatched (more labels than in the reference) keep their name, primed (``'``) if it
-        clashes with a reference label.
-    """
-    lab, ref = pd.Categorical(labels), pd.Categorical(reference)
-    if len(lab) != len(ref):
-        raise ValueError(f"labels and reference differ in length: {len(lab)} vs {len(ref)}.")
-    both = (lab.codes >= 0) & (ref.codes >= 0)
-    overlap = np.zeros((len(lab.categories), len(ref.categories)))
-    np.add.at(overlap, (lab.codes[both], ref.codes[both]), 1)
-    rows, cols = linear_sum_assignment(overlap, maximize=True)
-    mapping = dict(zip(lab.categories[rows], ref.categories[cols]))
-    taken = set(ref.categories)
-    for c in lab.categories:
-        if c not in mapping:
-            name = c
-            while name in taken:
-                name = f"{name}'"
-            mapping[c] = name
-            taken.add(name)
-    out = np.full(len(lab), None, dtype=object)
-    out[lab.codes >= 0] = [mapping[c] for c in np.asarray(lab)[lab.codes >= 0]]
-    return out
-
-
 def _read_obs_and_spatial(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """``obs`` and ``obsm["spatial"]`` of an h5ad file, without reading ``X``."""
     import h5py
@@ -270,11 +229,21 @@ def _read_obs_and_spatial(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
         return read_elem(f["obs"]), np.asarray(read_elem(f["obsm/spatial"]))
 
 
+def _truth_settings(run_dir: Path) -> tuple[str, list[str]]:
+    """The run's annotation column and its extra unannotated label values (from its metrics.json config)."""
+    try:
+        data = json.loads((run_dir / "metrics.json").read_text())["config"]["data"]
+        return data.get("annotation_key") or "ground_truth", [str(v) for v in data.get("unannotated") or []]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "ground_truth", []
+
+
 def _domain_panels(table: pd.DataFrame, slice_name, *, seed=None, label_key_suffix: str = "_refined"):
-    """AnnData with one ``obs`` column per panel, the panel keys and titles; None if nothing to draw."""
+    """AnnData with one ``obs`` column per panel, the panel keys and titles, the seed drawn and the
+    key the colours match (the ground truth, else the first panel); None if nothing to draw."""
     from anndata import AnnData
 
-    _check_columns(table, _TABLE_COLUMNS + ("run_dir",))
+    _check_columns(table, _TABLE_COLUMNS + ("nmi_after", "run_dir"))
     ok = _ok_runs(table)
     ok = ok[ok["slice"] == slice_name]
     if seed is None and len(ok):
@@ -295,32 +264,25 @@ def _domain_panels(table: pd.DataFrame, slice_name, *, seed=None, label_key_suff
         if column not in run_obs:
             log.warning("%s has no obs[%r]; run %s is left out of the domain maps.", path, column, run.run_id)
             continue
-        if obs is None:  # the first method fixes the spots, their coordinates and the colours
+        if obs is None:  # the first method fixes the spots and their coordinates
             obs, keys, titles, spatial = pd.DataFrame(index=run_obs.index), [], [], run_xy
-            categories = list(pd.Categorical(run_obs[column]).remove_unused_categories().categories)
-        domains = run_obs[column].reindex(obs.index)
-        if keys:
-            domains = match_labels(domains, obs[keys[0]])
         key = f"panel_{len(keys)}"
-        obs[key] = pd.Series(domains, index=obs.index, dtype=object)
+        obs[key] = run_obs[column].reindex(obs.index).astype(object)
         keys.append(key)
-        titles.append(f"{run.method}: ARI {_fmt(run.ari_after)}")
-        if truth is None and "ground_truth" in run_obs:
-            truth = run_obs["ground_truth"].reindex(obs.index)
+        titles.append(f"{run.method}: ARI {_fmt(run.ari_after)}, NMI {_fmt(run.nmi_after)}")
+        truth_key, unannotated = _truth_settings(path.parent)
+        if truth is None and truth_key in run_obs:
+            truth = run_obs[truth_key].reindex(obs.index).astype(object)
+            truth = truth.where(annotated_mask(truth.to_numpy()) & ~truth.astype(str).isin(unannotated).to_numpy())
     if obs is None:
         return None
-    # One category order for all method panels (the first's, then any extra labels),
-    # so a label has the same colour everywhere.
-    extra = pd.unique(pd.concat([obs[k].dropna() for k in keys]))
-    categories += [c for c in extra if c not in set(categories)]
-    for k in keys:
-        obs[k] = pd.Categorical(obs[k], categories=categories)
+    match_to = keys[0]
     if truth is not None:
-        truth = truth.astype(object)
-        obs["ground_truth"] = pd.Categorical(truth.where(annotated_mask(truth.to_numpy())))
+        obs["ground_truth"] = pd.Categorical(truth)
         keys.append("ground_truth")
         titles.append("ground truth")
-    return AnnData(obs=obs, obsm={"spatial": spatial}), keys, titles
+        match_to = "ground_truth"
+    return AnnData(obs=obs, obsm={"spatial": spatial}), keys, titles, seed, match_to
 
 
 def plot_domain_grid(
@@ -334,14 +296,15 @@ def plot_domain_grid(
     """Grid of spatial domain maps of one slice and seed, one panel per method plus the ground truth.
 
     Each ok run's ``run_dir/adata.h5ad`` is read (``obs`` and ``obsm["spatial"]`` only). Spots
-    are aligned on the first method's ``obs_names``; every other method's domains are renamed
-    to best match the first method's (`match_labels`), so colours are comparable. The ground
-    truth is only drawn, never used for the matching.
+    are aligned on the first method's ``obs_names``. Every method's domains take the colour of
+    the ground-truth label they overlap most (Hungarian matching, `mihd.pl.spatial_domains`),
+    unmatched domains extra colours; without a ground truth, of the first method's domains.
+    Panel titles carry ARI / NMI, the figure title the slice and seed.
 
     Parameters
     ----------
     table
-        Results table (see `summary_markdown`) with a ``run_dir`` column.
+        Results table (see `summary_markdown`) with ``nmi_after`` and ``run_dir`` columns.
     slice_name
         The ``slice`` to draw.
     path
@@ -362,8 +325,12 @@ def plot_domain_grid(
     if panels is None:
         log.warning("No ok run of slice %r (seed %s) has an adata.h5ad; no domain maps drawn.", slice_name, seed)
         return None
-    adata, keys, titles = panels
-    fig = spatial_domains(adata, keys, titles=titles, ncols=min(4, len(keys)))
+    adata, keys, titles, seed, match_to = panels
+    matched = "the ground truth" if match_to == "ground_truth" else "the first panel"
+    seed = int(seed) if float(seed).is_integer() else seed
+    stage = "refined domains" if label_key_suffix == "_refined" else "domains"
+    fig = spatial_domains(adata, keys, titles=titles, match_to=match_to, ncols=min(4, len(keys)),
+                          suptitle=f"slice {slice_name}, seed {seed}: {stage} of each method, colours matched to {matched}")
     return _save_png(fig, path)
 
 

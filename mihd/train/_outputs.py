@@ -48,18 +48,44 @@ def summary_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def domain_figure(result, cfg, *, truth_key: str | None):
+    """``domains.png``: domains, refined domains and the ground truth, each titled with its ARI / NMI.
+
+    With a ground truth, every domain takes the colour of the truth label it overlaps most
+    (unmatched domains extra colours); without one, the refined domains take the colours of
+    the domains they came from.
+    """
+    from ..pl import spatial_domains
+    from ._runner import _unannotated_labels
+
+    scores = result.metrics["scores"]
+
+    def title(name: str, stage: str) -> str:
+        s = scores.get(stage, {})
+        if not truth_key or s.get("ari") is None:
+            return name
+        return f"{name}: ARI {s['ari']:.3f}, NMI {s['nmi']:.3f}"
+
+    keys = [result.label_key, result.refined_key] + ([truth_key] if truth_key else [])
+    titles = [title("domains", "before_refinement"), title("refined domains", "after_refinement")]
+    titles += ["ground truth"] if truth_key else []
+    m = result.metrics
+    return spatial_domains(
+        result.adata, keys, titles=titles, match_to=truth_key or result.label_key,
+        unannotated=_unannotated_labels(cfg),
+        suptitle=f"{m['fusion']} on {m['data']}, seed {m['seed']}, K = {m['n_domains']}" + (
+            ", colours matched to the ground truth" if truth_key else ""),
+    )
+
+
 def write_run(result, cfg, *, truth_key: str | None) -> Path:
     """Write every output of one run into ``result.run_dir``, each file atomically."""
     run_dir = Path(result.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     adata = result.adata
     write_text(run_dir / "config.yaml", _config_yaml(cfg))
-    keys = [result.label_key, result.refined_key] + ([truth_key] if truth_key else [])
     if "spatial" in adata.obsm:
-        from ..pl import spatial_domains
-
-        titles = ["domains", "refined domains"] + (["ground truth"] if truth_key else [])
-        fig = spatial_domains(adata, keys, titles=titles)
+        fig = domain_figure(result, cfg, truth_key=truth_key)
         atomic_write(run_dir / "domains.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         import matplotlib.pyplot as plt
 
