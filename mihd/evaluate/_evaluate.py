@@ -109,6 +109,7 @@ def _prepare_once(runs: list[PlannedRun]) -> list[PlannedRun]:
     for group in groups.values():
         first = group[0]
         t0 = time.perf_counter()
+        log.info("reading slice %s and preparing its features (encoder %s) ...", first.slice, first.encoder)
         try:
             adata = load_slice(first.config["data"])
             prepared = prepare_slice_inputs(first.config, adata)
