@@ -67,9 +67,12 @@ class _Worker:
         threading.Thread(target=self._read, args=(answers,), daemon=True).start()
 
     def _read(self, answers: queue.Queue) -> None:
-        for line in self.proc.stdout:
-            answers.put((self, json.loads(line)))
-        answers.put((self, None))  # end of output: the process is gone
+        try:
+            for line in self.proc.stdout:
+                with contextlib.suppress(ValueError):  # only the worker's JSON answers reach this pipe
+                    answers.put((self, json.loads(line)))
+        finally:
+            answers.put((self, None))  # end of output: the process is gone
 
     def send(self, run) -> None:
         self.run, self.served = run, self.served + 1
@@ -123,7 +126,8 @@ def _launch_local(runs, launcher: dict, on_done: OnDone, *, out_dir: Path) -> No
                 outcome = {"status": "failed", "returncode": code}
                 if not (run.run_dir / "error.json").exists():
                     # Killed (e.g. out of memory) before it could record its own error.
-                    outcome["error"] = f"the run process exited with code {code}; see {run.run_dir / 'run.log'}"
+                    outcome["error"] = (f"the run process exited with code {code}; see {run.run_dir / 'run.log'} "
+                                        f"(and {out_dir / 'workers.log'})")
             else:
                 outcome = answer
                 if per_worker and worker.served >= per_worker:
