@@ -121,3 +121,31 @@ def test_train_sizes_the_neighbourhood_from_depth_and_refuses_bad_values(tiny_sl
     assert res.metrics["spatial_neighbors"] == 8
     with pytest.raises(ValueError, match=r"spatial.n_neighbors='six'.*or auto"):
         train(compose("train", overrides + ["spatial.n_neighbors=six"]), adata=tiny_slice.copy(), write=False)
+
+
+@pytest.mark.parametrize("sparse_input", [True, False])
+def test_scale_genes_pareto_unit_none(sparse_input):
+    """Pareto scaling leaves each gene with variance = its sd (unit: 1); constant genes become 0."""
+    from scipy import sparse
+
+    from mihd.encoders.pca import scale_genes
+
+    rng = np.random.default_rng(0)
+    X = rng.poisson([0.2, 1.0, 5.0, 20.0], size=(2000, 4)).astype(np.float32)
+    X[:, 0] = 3.0  # a constant gene
+    sd = X.std(0)
+    Xin = sparse.csr_matrix(X) if sparse_input else X
+    dense = lambda m: m.toarray() if sparse.issparse(m) else m  # noqa: E731
+    assert sparse.issparse(scale_genes(Xin, "pareto")) == sparse_input
+    np.testing.assert_allclose(dense(scale_genes(Xin, "pareto")).std(0)[1:], np.sqrt(sd[1:]), rtol=1e-4)
+    np.testing.assert_allclose(dense(scale_genes(Xin, "unit")).std(0)[1:], 1.0, rtol=1e-4)
+    np.testing.assert_array_equal(dense(scale_genes(Xin, "pareto"))[:, 0], 0.0)
+    np.testing.assert_array_equal(dense(scale_genes(Xin, "none")), X)
+    np.testing.assert_array_equal(dense(scale_genes(Xin, True)), dense(scale_genes(Xin, "unit")))  # old boolean form
+
+
+def test_unknown_scaling_is_refused_with_the_options():
+    from mihd.encoders.pca import PCAGeneEncoder
+
+    with pytest.raises(ValueError, match=r"encoder.gene_options.scale='zscore'.*pareto, unit, none"):
+        PCAGeneEncoder(scale="zscore")
