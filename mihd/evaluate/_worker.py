@@ -120,8 +120,8 @@ def _output_to(path: Path, idle_fd: int):
         os.close(fd)
 
 
-def serve(out_dir: str | os.PathLike, threads: int | None = None, *, requests=None) -> int:
-    """Run the specs named on ``requests`` (default stdin), one path per line, one after the other.
+def serve(out_dir: str | os.PathLike, threads: int | None = None) -> int:
+    """Run the specs named on stdin, one path per line, one after the other.
 
     Each run's output goes to its ``<run_dir>/run.log`` (headed by this worker's pid and how
     many runs it has served); output between runs to ``<out_dir>/workers.log``. After each run
@@ -136,7 +136,7 @@ def serve(out_dir: str | os.PathLike, threads: int | None = None, *, requests=No
     from ..train import train  # noqa: F401 - the heavy imports, once, before the first run arrives
 
     served = 0
-    for line in requests if requests is not None else sys.stdin:
+    for line in sys.stdin:
         spec = line.strip()
         if not spec:
             continue
