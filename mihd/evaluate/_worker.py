@@ -52,8 +52,16 @@ def _run_lock(path: Path):
 def _limit_threads(threads: int | None) -> None:
     if not threads:
         return
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
+    if "numba" in sys.modules:
+        # In-process runs (workers=1 through joblib): numba has launched its pool already, and a
+        # NUMBA_NUM_THREADS that differs from it makes numba's next config reload raise.
+        import numba
+
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    else:
+        os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
     import torch
 
     torch.set_num_threads(int(threads))
