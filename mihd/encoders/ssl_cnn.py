@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -329,7 +330,8 @@ class SSLCNNEncoder:
     accelerator
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``, resolved by `mihd._device.resolve_device`.
     progress_bar
-        Show Lightning's progress bar while fitting.
+        Show Lightning's progress bar while fitting: ``"auto"`` only when stdout is a terminal (a
+        log file does not fill with a bar per epoch), or ``True`` / ``False``.
     """
 
     requires_fit = True
@@ -348,7 +350,7 @@ class SSLCNNEncoder:
         noise_std: float = 0.02,
         seed: int = 0,
         accelerator: str = "auto",
-        progress_bar: bool = True,
+        progress_bar: bool | str = "auto",
     ):
         whole_numbers = (("embed_dim", embed_dim, 1), ("width", width, 1), ("epochs", epochs, 1), ("batch_size", batch_size, 2))
         for name, value, minimum in whole_numbers:
@@ -370,7 +372,9 @@ class SSLCNNEncoder:
             self.device = resolve_device(accelerator)
         except ValueError as err:
             raise ValueError(f"encoder.image_options.accelerator: {err}") from None
-        self.progress_bar = bool(progress_bar)
+        if progress_bar not in ("auto", True, False):
+            raise ValueError(f"encoder.image_options.progress_bar={progress_bar!r}; use auto, true or false.")
+        self.progress_bar = bool(sys.stdout.isatty()) if progress_bar == "auto" else bool(progress_bar)
         self._backbone: PatchCNN | None = None
         self.fit_info: dict = {}
 

@@ -1,0 +1,73 @@
+"""Monkeypatched variants of the gene recipe and input smoothing, selected by environment variables
+(research prototypes; what won became a real option): BIL=raw|guided (+BW, ITER) edge-aware smoothing;
+MW=<power> Moran-weighted genes; PARETO=<exponent> divide genes by sd**exponent (0.5 = the default now).
+"""
+import os, numpy as np
+import mihd.train._runner as R
+_orig = R._neighbourhood_mean
+MODE = os.environ.get("BIL", "")
+BW = float(os.environ.get("BW", "1"))
+ITER = int(os.environ.get("ITER", "1"))
+def _w(guide, nb):
+    d = np.stack([((guide - guide[nb[:, j]]) ** 2).sum(1) for j in range(nb.shape[1])], 1)  # (N, k+1)
+    h2 = np.median(d[:, 1:]) * BW
+    return np.exp(-d / h2)
+def bil(x, nb):
+    x = np.asarray(x, np.float64)
+    for _ in range(ITER):
+        guide = x if MODE == "raw" else _orig(x, nb).astype(np.float64)
+        w = _w(guide, nb)
+        out = np.zeros_like(x)
+        for j in range(nb.shape[1]):
+            out += w[:, j:j+1] * x[nb[:, j]]
+        x = out / w.sum(1, keepdims=True)
+    return x.astype(np.float32)
+if MODE:
+    R._neighbourhood_mean = bil
+    print("bilateral", MODE, BW, ITER)
+MW = os.environ.get("MW", "")
+if MW:
+    import mihd.encoders.pca as P
+    from scipy import sparse
+    def encode(self, adata):
+        import scanpy as sc
+        from mihd.graph import knn_indices, morans_i
+        a = P.working_copy(adata)
+        sc.pp.normalize_total(a, target_sum=self.target_sum); sc.pp.log1p(a)
+        nb = knn_indices(np.asarray(a.obsm["spatial"], dtype=np.float64), 6, include_self=True)
+        I = np.asarray(morans_i(a.X, nb), float)
+        n_top = min(self.n_top_genes, a.n_vars)
+        keep = np.sort(np.argsort(-I, kind="stable")[:n_top])
+        a = a[:, keep].copy(); I = I[keep]
+        X = a.X
+        mean = np.asarray(X.mean(0), dtype=np.float64).ravel()
+        sq = np.asarray(X.multiply(X).mean(0), dtype=np.float64).ravel()
+        sd = np.sqrt(np.maximum(sq - mean**2, 0.0))
+        w = np.clip(I, 0, None) ** float(MW)
+        inv = (np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0), 0.0) * w).astype(np.float32)
+        X = sparse.csr_matrix(X).multiply(inv[None, :]).tocsr()
+        pcs = sc.pp.pca(X.astype(np.float32), n_comps=self.n_comps, random_state=self.seed, zero_center=True)
+        return np.asarray(pcs, dtype=np.float32)
+    P.PCAGeneEncoder.encode = encode
+    print("moran weights power", MW)
+PAR = os.environ.get("PARETO", "")
+if PAR:
+    import mihd.encoders.pca as P
+    from scipy import sparse
+    def encode2(self, adata):
+        import scanpy as sc
+        a = P.working_copy(adata)
+        sc.pp.normalize_total(a, target_sum=self.target_sum); sc.pp.log1p(a)
+        n_top = min(self.n_top_genes, a.n_vars)
+        if n_top < a.n_vars:
+            a = a[:, P.spatially_variable_genes(a, n_top)].copy()
+        X = a.X
+        mean = np.asarray(X.mean(0), dtype=np.float64).ravel()
+        sq = np.asarray(X.multiply(X).mean(0), dtype=np.float64).ravel()
+        sd = np.sqrt(np.maximum(sq - mean**2, 0.0))
+        inv = np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0) ** float(PAR), 0.0).astype(np.float32)
+        X = sparse.csr_matrix(X).multiply(inv[None, :]).tocsr()
+        pcs = sc.pp.pca(X.astype(np.float32), n_comps=self.n_comps, random_state=self.seed, zero_center=True)
+        return np.asarray(pcs, dtype=np.float32)
+    P.PCAGeneEncoder.encode = encode2
+    print("pareto", PAR)
