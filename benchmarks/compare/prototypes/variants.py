@@ -1,6 +1,7 @@
 """Monkeypatched variants of the gene recipe and input smoothing, selected by environment variables
 (research prototypes; what won became a real option): BIL=raw|guided (+BW, ITER) edge-aware smoothing;
-MW=<power> Moran-weighted genes; PARETO=<exponent> divide genes by sd**exponent (0.5 = the default now).
+MW=<power> Moran-weighted genes; PARETO=<exponent> divide genes by sd**exponent (0.5 = the default now);
+DEPTHREG=1 regress log depth out of the gene PCs.
 """
 import os, numpy as np
 import mihd.train._runner as R
@@ -71,3 +72,15 @@ if PAR:
         return np.asarray(pcs, dtype=np.float32)
     P.PCAGeneEncoder.encode = encode2
     print("pareto", PAR)
+DR = os.environ.get("DEPTHREG", "")
+if DR:
+    import mihd.encoders.pca as P
+    _enc = P.PCAGeneEncoder.encode
+    def encode3(self, adata):
+        pcs = _enc(self, adata).astype(np.float64)
+        d = np.log1p(np.asarray(adata.X.sum(1)).ravel())
+        D = np.column_stack([np.ones_like(d), d])
+        beta, *_ = np.linalg.lstsq(D, pcs, rcond=None)
+        return (pcs - D @ beta + pcs.mean(0)).astype(np.float32)
+    P.PCAGeneEncoder.encode = encode3
+    print("depth regressed from PCs")
