@@ -50,6 +50,19 @@ def test_the_issue_targets_count_where_they_are_higher_and_a_finished_row_wins(c
     assert any(x.startswith("- STARmap") and "meets the best peer mean BANKSY (issue) 0.693" in x for x in lines)
 
 
+def test_the_main_fusion_is_held_to_graphsts_mean_over_the_four_dlpfc_slices(compare):
+    four = ["dlpfc_151673", "dlpfc_151674", "dlpfc_151675", "dlpfc_151676"]
+    # issue's GraphST: 0.598 / 0.543 / 0.476 / 0.562 (mean 0.545); an own GraphST run of 0.70 on 151673 raises it
+    table = _table({"adaln_attention": {sl: [0.55] for sl in four}, "GraphST": {"dlpfc_151673": [0.70]}})
+    line = next(x for x in compare.acceptance(compare.per_dataset(table), "gated") if "`adaln_attention` mean" in x)
+    assert "0.550 is behind by 0.020 GraphST's mean 0.570" in line and "own runs on 1/4 slices" in line
+    table = _table({"adaln_attention": {sl: [0.55] for sl in four}})
+    line = next(x for x in compare.acceptance(compare.per_dataset(table), "gated") if "`adaln_attention` mean" in x)
+    assert "0.550 meets GraphST's mean 0.545" in line
+    table = _table({"adaln_attention": {sl: [0.55] for sl in four[:3]}})
+    assert any("not every slice has a finished run" in x for x in compare.acceptance(compare.per_dataset(table), "gated"))
+
+
 def test_a_todo_row_of_a_later_plan_does_not_hide_a_finished_run(compare, tmp_path):
     done = _table({"gated": {"a": [0.6]}})
     later = done.assign(status="todo", ari_after=float("nan"))
