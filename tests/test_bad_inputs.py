@@ -202,6 +202,15 @@ def test_train_refuses_an_unwritable_run_dir_before_reading(why, workdir, tmp_pa
     assert list(parent.iterdir()) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (a folder nobody can write into, root included)")
+def test_train_refuses_a_run_dir_even_root_cannot_make_before_reading(workdir, monkeypatch, capsys):
+    """os.access says yes to root on every path; the check makes (and removes) a real scratch folder."""
+    _no_reading(monkeypatch)
+    assert main(["train", "trainer=fast", "run_dir=/proc/mihd-run"]) == 1
+    line = _one_line_error(capsys, "train")
+    assert "run_dir='/proc/mihd-run' cannot be written" in line and "'/proc' is not writable" in line
+
+
 # --------------------------------------------------------------------------- mihd train: refused after reading, before training
 
 
