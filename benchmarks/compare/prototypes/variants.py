@@ -1,7 +1,8 @@
 """Monkeypatched variants of the gene recipe and input smoothing, selected by environment variables
 (research prototypes; what won became a real option): BIL=raw|guided (+BW, ITER) edge-aware smoothing;
 MW=<power> Moran-weighted genes; PARETO=<exponent> divide genes by sd**exponent (0.5 = the default now);
-DEPTHREG=1 regress log depth out of the gene PCs.
+DEPTHREG=1 regress log depth out of the gene PCs; MORANRES=1 rank genes by Moran's I of their
+depth residuals; DEPTHFIELD=<k> regress the k-NN mean of log depth (a smooth field) out of the PCs.
 """
 import os, numpy as np
 import mihd.train._runner as R
@@ -84,3 +85,41 @@ if DR:
         return (pcs - D @ beta + pcs.mean(0)).astype(np.float32)
     P.PCAGeneEncoder.encode = encode3
     print("depth regressed from PCs")
+MR = os.environ.get("MORANRES", "")
+if MR:
+    import mihd.encoders.pca as P
+    from scipy import sparse as _sp
+    def svg(adata, n_top, *, n_neighbors=6):
+        from mihd.graph import knn_indices, morans_i
+        nb = knn_indices(np.asarray(adata.obsm["spatial"], dtype=np.float64), min(n_neighbors, adata.n_obs - 1), include_self=True)
+        X = adata.X.toarray() if _sp.issparse(adata.X) else np.asarray(adata.X)
+        X = X.astype(np.float64)
+        d = np.log1p(np.asarray(adata.obs["_depth"]).astype(float)) if "_depth" in adata.obs else np.log(np.expm1(X).sum(1) + 1)
+        D = np.column_stack([np.ones_like(d), d - d.mean()])
+        beta, *_ = np.linalg.lstsq(D, X, rcond=None)
+        score = morans_i(X - D @ beta, nb)
+        return np.sort(np.argsort(-score, kind="stable")[:n_top])
+    P.spatially_variable_genes = svg
+    print("moran on depth residuals")
+if MR:
+    _enc_mr = P.PCAGeneEncoder.encode
+    def encode_mr(self, adata):
+        adata = adata.copy()
+        adata.obs["_depth"] = np.asarray(adata.X.sum(1)).ravel()
+        return _enc_mr(self, adata)
+    P.PCAGeneEncoder.encode = encode_mr
+DF = os.environ.get("DEPTHFIELD", "")
+if DF:
+    import mihd.encoders.pca as P
+    _enc_df = P.PCAGeneEncoder.encode
+    def encode_df(self, adata):
+        from mihd.graph import knn_indices
+        pcs = _enc_df(self, adata).astype(np.float64)
+        d = np.log1p(np.asarray(adata.X.sum(1)).ravel())
+        nb = knn_indices(np.asarray(adata.obsm["spatial"], float), min(int(DF), adata.n_obs - 1), include_self=True)
+        field = d[nb].mean(1)   # large-scale (technical) depth field
+        D = np.column_stack([np.ones_like(field), field])
+        beta, *_ = np.linalg.lstsq(D, pcs, rcond=None)
+        return (pcs - D @ beta + pcs.mean(0)).astype(np.float32)
+    P.PCAGeneEncoder.encode = encode_df
+    print("depth field regressed, k", DF)
