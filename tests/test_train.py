@@ -259,3 +259,30 @@ def test_labels_listed_as_unannotated_are_not_scored(tiny_slice):
     assert ari(marked) == pytest.approx(ari(missing)) and ari(marked) != pytest.approx(ari(as_class))
     with pytest.raises(ValueError, match=r"data.unannotated='undetermined': give a list"):
         train(compose("train", [*base, "data.unannotated=undetermined"]), adata=a, write=False)
+
+
+def test_writing_the_run_does_not_print_a_line_per_string_column(tiny_slice, tmp_path):
+    """anndata logs "... storing 'x' as categorical" for every string column it converts on write (at INFO,
+    which the CLI shows); the run folder is written without that noise."""
+    import logging
+
+    from anndata.logging import anndata_logger
+
+    from mihd.train import train
+
+    adata = tiny_slice.copy()
+    adata.var["genome"] = np.array(["GRCh38"] * adata.n_vars, dtype=object)
+    seen: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    root, level = logging.getLogger(), logging.getLogger().level
+    anndata_logger.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        cfg = compose("train", ["fusion=genes_only", "data.n_domains=3", "trainer=fast", f"run_dir={tmp_path / 'r'}"])
+        train(cfg, adata=adata, progress=False)
+    finally:
+        root.setLevel(level)
+        anndata_logger.removeHandler(handler)
+    assert (tmp_path / "r" / "adata.h5ad").is_file()
+    assert not [m for m in seen if "as categorical" in m], seen

@@ -90,8 +90,18 @@ def write_run(result, cfg, *, truth_key: str | None) -> Path:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-    # h5ad cannot store nested dicts with None; keep uns JSON-safe.
-    atomic_write(run_dir / "adata.h5ad", lambda tmp: adata.write_h5ad(tmp))
+    # h5ad cannot store nested dicts with None; keep uns JSON-safe. Writing turns string columns into
+    # categoricals (as anndata always does) without its "... storing 'x' as categorical" line per column.
+    import logging
+
+    from anndata.logging import anndata_logger
+
+    level = anndata_logger.level
+    anndata_logger.setLevel(logging.WARNING)
+    try:
+        atomic_write(run_dir / "adata.h5ad", lambda tmp: adata.write_h5ad(tmp))
+    finally:
+        anndata_logger.setLevel(level)
     result.metrics["outputs"] = {
         "adata": str(run_dir / "adata.h5ad"),
         "config": str(run_dir / "config.yaml"),
