@@ -300,18 +300,19 @@ def check_output_dir(path, key: str) -> Path:
         probe = probe.parent
     if not probe.is_dir():
         raise ConfigError(f"{key}={str(path)!r} cannot be made: {str(probe)!r} is a file; choose another {key}.")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        why = "on a read-only file system" if _read_only(probe) else "not writable by this user"
-        raise ConfigError(f"{key}={str(path)!r} cannot be written: {str(probe)!r} is {why}; choose a writable {key}.")
-    # os.access says yes to root everywhere and knows nothing of pseudo file systems (/proc, /sys):
-    # make and remove a scratch folder where the outputs would go, so nothing is left behind.
-    import tempfile
+    why = None if os.access(probe, os.W_OK | os.X_OK) else "not writable by this user"
+    if why is None:
+        # os.access says yes to root everywhere and knows nothing of pseudo file systems (/proc, /sys):
+        # make and remove a scratch folder where the outputs would go, so nothing is left behind.
+        import tempfile
 
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".mihd-write-check-", dir=probe))
-    except OSError as err:
-        why = "on a read-only file system" if _read_only(probe) else f"not writable ({err.strerror})"
-        raise ConfigError(f"{key}={str(path)!r} cannot be written: {str(probe)!r} is {why}; choose a writable {key}.") from None
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".mihd-write-check-", dir=probe))
+        except OSError as err:
+            why = f"not writable ({err.strerror})"
+    if why is not None:
+        why = "on a read-only file system" if _read_only(probe) else why
+        raise ConfigError(f"{key}={str(path)!r} cannot be written: {str(probe)!r} is {why}; choose a writable {key}.")
     return p
 
 

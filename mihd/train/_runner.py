@@ -240,12 +240,9 @@ def _truth(cfg, adata, key: str | None):
 
 
 def _has_labels(truth) -> bool:
-    from ..metrics import UNANNOTATED_STRINGS
+    from ..metrics import annotated_mask  # the rule scoring uses: None, NaN and the NA strings
 
-    import pandas as pd
-
-    values = pd.Series(truth, dtype=object)
-    return bool((values.notna() & ~values.astype(str).str.strip().isin(UNANNOTATED_STRINGS)).any())
+    return bool(annotated_mask(truth).any())
 
 
 def spatial_neighbors(cfg, adata) -> int:

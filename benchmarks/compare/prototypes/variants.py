@@ -27,10 +27,20 @@ def bil(x, nb):
 if MODE:
     R._neighbourhood_mean = bil
     print("bilateral", MODE, BW, ITER)
+def _pca(encoder, X, exponent, weights=1.0):
+    """PCA of the genes divided by sd**exponent (mihd's exact column variance) times ``weights``."""
+    import scanpy as sc
+    from scipy import sparse
+
+    from mihd.encoders.pca import _column_variance
+
+    sd = np.sqrt(_column_variance(X))
+    inv = (np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0) ** exponent, 0.0) * weights).astype(np.float32)
+    X = sparse.csr_matrix(X).multiply(inv[None, :]).tocsr()
+    return np.asarray(sc.pp.pca(X.astype(np.float32), n_comps=encoder.n_comps, random_state=encoder.seed, zero_center=True), dtype=np.float32)
 MW = os.environ.get("MW", "")
 if MW:
     import mihd.encoders.pca as P
-    from scipy import sparse
     def encode(self, adata):
         import scanpy as sc
         from mihd.graph import knn_indices, morans_i
@@ -41,21 +51,12 @@ if MW:
         n_top = min(self.n_top_genes, a.n_vars)
         keep = np.sort(np.argsort(-I, kind="stable")[:n_top])
         a = a[:, keep].copy(); I = I[keep]
-        X = a.X
-        mean = np.asarray(X.mean(0), dtype=np.float64).ravel()
-        sq = np.asarray(X.multiply(X).mean(0), dtype=np.float64).ravel()
-        sd = np.sqrt(np.maximum(sq - mean**2, 0.0))
-        w = np.clip(I, 0, None) ** float(MW)
-        inv = (np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0), 0.0) * w).astype(np.float32)
-        X = sparse.csr_matrix(X).multiply(inv[None, :]).tocsr()
-        pcs = sc.pp.pca(X.astype(np.float32), n_comps=self.n_comps, random_state=self.seed, zero_center=True)
-        return np.asarray(pcs, dtype=np.float32)
+        return _pca(self, a.X, 1.0, np.clip(I, 0, None) ** float(MW))
     P.PCAGeneEncoder.encode = encode
     print("moran weights power", MW)
 PAR = os.environ.get("PARETO", "")
 if PAR:
     import mihd.encoders.pca as P
-    from scipy import sparse
     def encode2(self, adata):
         import scanpy as sc
         a = P.working_copy(adata)
@@ -63,14 +64,7 @@ if PAR:
         n_top = min(self.n_top_genes, a.n_vars)
         if n_top < a.n_vars:
             a = a[:, P.spatially_variable_genes(a, n_top)].copy()
-        X = a.X
-        mean = np.asarray(X.mean(0), dtype=np.float64).ravel()
-        sq = np.asarray(X.multiply(X).mean(0), dtype=np.float64).ravel()
-        sd = np.sqrt(np.maximum(sq - mean**2, 0.0))
-        inv = np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0) ** float(PAR), 0.0).astype(np.float32)
-        X = sparse.csr_matrix(X).multiply(inv[None, :]).tocsr()
-        pcs = sc.pp.pca(X.astype(np.float32), n_comps=self.n_comps, random_state=self.seed, zero_center=True)
-        return np.asarray(pcs, dtype=np.float32)
+        return _pca(self, a.X, float(PAR))
     P.PCAGeneEncoder.encode = encode2
     print("pareto", PAR)
 DR = os.environ.get("DEPTHREG", "")
