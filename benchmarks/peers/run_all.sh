@@ -66,7 +66,9 @@ for tool in $TOOLS; do
 done
 
 if [ "${SCORE:-1}" = 1 ]; then
-  "$MIHD_PY" "$here/score_peers.py" --out-dir "$OUT_DIR" --data-dir "$DATA_DIR" --datasets $DATASETS --tools $TOOLS \
-    --command "DATASETS=\"$DATASETS\" SEEDS=\"$SEEDS\" TOOLS=\"$TOOLS\" bash benchmarks/peers/run_all.sh"
+  # Score every finished run on every dataset and tool, not only this call's subset: a resumed
+  # call for one slice must not drop the other slices' rows from results.csv.
+  "$MIHD_PY" "$here/score_peers.py" --out-dir "$OUT_DIR" --data-dir "$DATA_DIR" --datasets $ALL_DATASETS \
+    --tools banksy spagcn cellcharter stagate graphst --command "bash benchmarks/peers/run_all.sh"
 fi
 exit $((n_fail > 0))

@@ -3,6 +3,8 @@
 MW=<power> Moran-weighted genes; PARETO=<exponent> divide genes by sd**exponent (0.5 = the default now);
 DEPTHREG=1 regress log depth out of the gene PCs; MORANRES=1 rank genes by Moran's I of their
 depth residuals; DEPTHFIELD=<k> regress the k-NN mean of log depth (a smooth field) out of the PCs.
+POOL=<k>/POOL2=<k> pool raw counts over the k-NN before normalising; THIN=<q> binomial thinning to the q depth
+quantile; PSEUDO=<y0> shifted log with pseudocount y0 relative to the median depth (DIAGNOSIS.md section 6).
 """
 import os, numpy as np
 import mihd.train._runner as R
@@ -117,3 +119,77 @@ if DF:
         return (pcs - D @ beta + pcs.mean(0)).astype(np.float32)
     P.PCAGeneEncoder.encode = encode_df
     print("depth field regressed, k", DF)
+POOL = os.environ.get("POOL", "")
+if POOL:
+    # Pool raw counts over the spot and its POOL nearest spots *before* normalisation and log1p:
+    # the log of a 7x deeper pseudo-spot has far less depth-dependent dropout bias than the mean
+    # of seven logs. POOLW weights the neighbours (1 = plain sum).
+    import mihd.encoders.pca as P
+    from scipy import sparse as _sp2
+    _enc_pool = P.PCAGeneEncoder.encode
+    POOLW = float(os.environ.get("POOLW", "1"))
+    def encode_pool(self, adata):
+        from mihd.graph import knn_indices
+        nb = knn_indices(np.asarray(adata.obsm["spatial"], float), min(int(POOL), adata.n_obs - 1), include_self=True)
+        n, k1 = nb.shape
+        w = np.full((n, k1), POOLW, np.float32); w[:, 0] = 1.0
+        A = _sp2.csr_matrix((w.ravel(), (np.repeat(np.arange(n), k1), nb.ravel())), shape=(n, n))
+        b = adata.copy()
+        b.X = _sp2.csr_matrix(A @ _sp2.csr_matrix(adata.X, dtype=np.float32))
+        return _enc_pool(self, b)
+    P.PCAGeneEncoder.encode = encode_pool
+    print("pooled counts, k", POOL, "w", POOLW)
+POOL2 = os.environ.get("POOL2", "")
+if POOL2:
+    # Like POOL, but genes are ranked on the unpooled spots (pooling makes every gene look
+    # autocorrelated); the pooled log-expression of those genes is then scaled and PCA'd.
+    import mihd.encoders.pca as P
+    from scipy import sparse as _sp3
+    def encode_pool2(self, adata):
+        import scanpy as sc
+        from mihd.graph import knn_indices
+        a = P.working_copy(adata)
+        sc.pp.normalize_total(a, target_sum=self.target_sum); sc.pp.log1p(a)
+        keep = P.spatially_variable_genes(a, min(self.n_top_genes, a.n_vars)) if self.n_top_genes < a.n_vars else np.arange(a.n_vars)
+        nb = knn_indices(np.asarray(adata.obsm["spatial"], float), min(int(POOL2), adata.n_obs - 1), include_self=True)
+        n, k1 = nb.shape
+        A = _sp3.csr_matrix((np.ones(n * k1, np.float32), (np.repeat(np.arange(n), k1), nb.ravel())), shape=(n, n))
+        b = P.working_copy(adata)
+        b.X = _sp3.csr_matrix(A @ _sp3.csr_matrix(b.X, dtype=np.float32))
+        sc.pp.normalize_total(b, target_sum=self.target_sum); sc.pp.log1p(b)
+        return _pca(self, b.X[:, keep], 0.5)   # Pareto, the default scaling
+    P.PCAGeneEncoder.encode = encode_pool2
+    print("pooled counts v2, k", POOL2)
+THIN = os.environ.get("THIN", "")
+if THIN:
+    # Binomial thinning of every spot above the THIN quantile of depth down to that depth
+    # (equal sampling depth, so dropout no longer tracks depth); seeded, label-free.
+    import mihd.encoders.pca as P
+    from scipy import sparse as _sp4
+    _enc_thin = P.PCAGeneEncoder.encode
+    def encode_thin(self, adata):
+        X = _sp4.csr_matrix(adata.X).astype(np.int64)
+        depth = np.asarray(X.sum(1)).ravel()
+        target = np.quantile(depth, float(THIN))
+        p = np.minimum(1.0, target / np.maximum(depth, 1))
+        rng = np.random.default_rng(self.seed)
+        X = X.tocoo()
+        data = rng.binomial(X.data, p[X.row]).astype(np.float32)
+        b = adata.copy()
+        b.X = _sp4.csr_matrix((data, (X.row, X.col)), shape=X.shape)
+        b.X.eliminate_zeros()
+        return _enc_thin(self, b)
+    P.PCAGeneEncoder.encode = encode_thin
+    print("thinned to depth quantile", THIN)
+PSEUDO = os.environ.get("PSEUDO", "")
+if PSEUDO:
+    # Shifted log with pseudocount y0 relative to the median depth: log1p(x * T / n) with
+    # T = median(n) / y0, i.e. log(x / s + y0) up to a constant (s = n / median n).
+    import mihd.encoders.pca as P
+    _enc_ps = P.PCAGeneEncoder.encode
+    def encode_ps(self, adata):
+        depth = np.asarray(adata.X.sum(1)).ravel()
+        self.target_sum = float(np.median(depth)) / float(PSEUDO)
+        return _enc_ps(self, adata)
+    P.PCAGeneEncoder.encode = encode_ps
+    print("pseudocount", PSEUDO)
