@@ -40,6 +40,23 @@ def _pca(encoder, X, exponent, weights=1.0):
     inv = (np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0) ** exponent, 0.0) * weights).astype(np.float32)
     X = sparse.csr_matrix(X).multiply(inv[None, :]).tocsr()
     return np.asarray(sc.pp.pca(X.astype(np.float32), n_comps=encoder.n_comps, random_state=encoder.seed, zero_center=True), dtype=np.float32)
+def _log_genes(encoder, adata):
+    """mihd's recipe up to the PCA: normalise, log1p, and the Moran-ranked gene columns to keep."""
+    import scanpy as sc
+    import mihd.encoders.pca as P
+    a = P.working_copy(adata)
+    sc.pp.normalize_total(a, target_sum=encoder.target_sum); sc.pp.log1p(a)
+    n_top = min(encoder.n_top_genes, a.n_vars)
+    return a, (P.spatially_variable_genes(a, n_top) if n_top < a.n_vars else np.arange(a.n_vars))
+def _pool_counts(adata, k, weight=1.0):
+    """Raw counts summed over each spot (weight 1) and its k nearest spots (``weight``)."""
+    from scipy import sparse
+    from mihd.graph import knn_indices
+    nb = knn_indices(np.asarray(adata.obsm["spatial"], float), min(int(k), adata.n_obs - 1), include_self=True)
+    n, k1 = nb.shape
+    w = np.full((n, k1), weight, np.float32); w[:, 0] = 1.0
+    A = sparse.csr_matrix((w.ravel(), (np.repeat(np.arange(n), k1), nb.ravel())), shape=(n, n))
+    return sparse.csr_matrix(A @ sparse.csr_matrix(adata.X, dtype=np.float32))
 MW = os.environ.get("MW", "")
 if MW:
     import mihd.encoders.pca as P
@@ -60,13 +77,8 @@ PAR = os.environ.get("PARETO", "")
 if PAR:
     import mihd.encoders.pca as P
     def encode2(self, adata):
-        import scanpy as sc
-        a = P.working_copy(adata)
-        sc.pp.normalize_total(a, target_sum=self.target_sum); sc.pp.log1p(a)
-        n_top = min(self.n_top_genes, a.n_vars)
-        if n_top < a.n_vars:
-            a = a[:, P.spatially_variable_genes(a, n_top)].copy()
-        return _pca(self, a.X, float(PAR))
+        a, keep = _log_genes(self, adata)
+        return _pca(self, a.X[:, keep], float(PAR))
     P.PCAGeneEncoder.encode = encode2
     print("pareto", PAR)
 DR = os.environ.get("DEPTHREG", "")
@@ -125,17 +137,11 @@ if POOL:
     # the log of a 7x deeper pseudo-spot has far less depth-dependent dropout bias than the mean
     # of seven logs. POOLW weights the neighbours (1 = plain sum).
     import mihd.encoders.pca as P
-    from scipy import sparse as _sp2
     _enc_pool = P.PCAGeneEncoder.encode
     POOLW = float(os.environ.get("POOLW", "1"))
     def encode_pool(self, adata):
-        from mihd.graph import knn_indices
-        nb = knn_indices(np.asarray(adata.obsm["spatial"], float), min(int(POOL), adata.n_obs - 1), include_self=True)
-        n, k1 = nb.shape
-        w = np.full((n, k1), POOLW, np.float32); w[:, 0] = 1.0
-        A = _sp2.csr_matrix((w.ravel(), (np.repeat(np.arange(n), k1), nb.ravel())), shape=(n, n))
         b = adata.copy()
-        b.X = _sp2.csr_matrix(A @ _sp2.csr_matrix(adata.X, dtype=np.float32))
+        b.X = _pool_counts(adata, POOL, POOLW)
         return _enc_pool(self, b)
     P.PCAGeneEncoder.encode = encode_pool
     print("pooled counts, k", POOL, "w", POOLW)
@@ -144,18 +150,11 @@ if POOL2:
     # Like POOL, but genes are ranked on the unpooled spots (pooling makes every gene look
     # autocorrelated); the pooled log-expression of those genes is then scaled and PCA'd.
     import mihd.encoders.pca as P
-    from scipy import sparse as _sp3
     def encode_pool2(self, adata):
         import scanpy as sc
-        from mihd.graph import knn_indices
-        a = P.working_copy(adata)
-        sc.pp.normalize_total(a, target_sum=self.target_sum); sc.pp.log1p(a)
-        keep = P.spatially_variable_genes(a, min(self.n_top_genes, a.n_vars)) if self.n_top_genes < a.n_vars else np.arange(a.n_vars)
-        nb = knn_indices(np.asarray(adata.obsm["spatial"], float), min(int(POOL2), adata.n_obs - 1), include_self=True)
-        n, k1 = nb.shape
-        A = _sp3.csr_matrix((np.ones(n * k1, np.float32), (np.repeat(np.arange(n), k1), nb.ravel())), shape=(n, n))
+        _, keep = _log_genes(self, adata)
         b = P.working_copy(adata)
-        b.X = _sp3.csr_matrix(A @ _sp3.csr_matrix(b.X, dtype=np.float32))
+        b.X = _pool_counts(adata, POOL2)
         sc.pp.normalize_total(b, target_sum=self.target_sum); sc.pp.log1p(b)
         return _pca(self, b.X[:, keep], 0.5)   # Pareto, the default scaling
     P.PCAGeneEncoder.encode = encode_pool2
