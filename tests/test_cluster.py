@@ -218,3 +218,91 @@ def test_trained_fusions_cluster_from_their_inputs_partition(tiny_slice):
     assert floor.metrics["cluster_start"] == "free"  # nothing to anchor: the floor clusters its inputs directly
     with pytest.raises(ValueError, match=r"cluster.start='input'; use one of inputs, free"):
         train(compose("train", [*base, "cluster.start=input"]), adata=tiny_slice.copy(), write=False)
+
+
+
+def _section_with_drift(*, curved: bool, drift: float, noise: float, seed: int = 0, n_side: int = 40):
+    """Three domains on a 40 x 40 spot grid whose profiles also drift linearly across the section (the
+    way a depth or capture gradient runs across the layers of a tissue): curved bands (quarter rings around
+    a corner, like cortical layers) with the drift along them, or straight horizontal bands."""
+    rng = np.random.default_rng(seed)
+    gx, gy = np.meshgrid(np.arange(n_side, dtype=float), np.arange(n_side, dtype=float))
+    xy = np.column_stack([gx.ravel(), gy.ravel()])
+    depth = np.hypot(xy[:, 0], xy[:, 1]) if curved else xy[:, 1]
+    truth = np.digitize(depth, np.quantile(depth, [1 / 3, 2 / 3]))
+    centres = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [2.0, 2.0, 0.0]])
+    lateral = xy[:, 0] - xy[:, 1] if curved else xy[:, 0]
+    lateral = (lateral - lateral.mean()) / lateral.std()
+    X = centres[truth] + np.outer(lateral, drift * np.array([1.0, 1.0, 1.5])) + noise * rng.normal(size=(len(xy), 3))
+    return X, xy, truth
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_gmm_spatial_trend_separates_domains_from_a_linear_drift(seed):
+    from mihd.cluster import gmm_spatial_trend
+
+    X, xy, truth = _section_with_drift(curved=True, drift=0.9, noise=0.25, seed=seed)
+    plain = cluster_embedding(X, 3, seed=0)  # the drift is as large as the domain differences: the mixture cuts across
+    labels, info = gmm_spatial_trend(X, xy, plain, seed=0, return_info=True)
+    assert adjusted_rand_score(truth, labels) > adjusted_rand_score(truth, plain) + 0.3
+    assert info["kept"] and info["converged"] and info["trend_share"] > 0.5
+    # scale- and shift-free in the coordinates, deterministic, the seed only picks a subsample
+    assert np.array_equal(labels, gmm_spatial_trend(X, xy * 55.0 + 1e4, plain, seed=3))
+    sub = gmm_spatial_trend(X, xy, plain, seed=0, fit_max_samples=800)  # fitted on 800 spots, all 1,600 assigned
+    assert sub.shape == (len(X),) and adjusted_rand_score(labels, sub) > 0.8
+
+
+def test_gmm_spatial_trend_without_drift_keeps_the_domains():
+    from mihd.cluster import gmm_spatial_trend
+
+    X, xy, truth = _section_with_drift(curved=True, drift=0.0, noise=0.25)
+    plain = cluster_embedding(X, 3, seed=0)
+    labels, info = gmm_spatial_trend(X, xy, plain, return_info=True)
+    assert adjusted_rand_score(truth, labels) > 0.95 and info["kept"] and info["trend_share"] < 0.05
+
+
+def test_gmm_spatial_trend_falls_back_when_the_trend_imitates_domains():
+    """Straight bands whose profiles change monotonically from band to band: a gradient along the bands'
+    axis explains two of them as one ramp and the freed component splits a band at random. The coherence
+    guard sees the partition fall apart and returns the start."""
+    from mihd.cluster import gmm_spatial_trend
+
+    X, xy, truth = _section_with_drift(curved=False, drift=0.0, noise=0.5)
+    plain = cluster_embedding(X, 3, seed=0)
+    assert adjusted_rand_score(truth, plain) > 0.9
+    labels, info = gmm_spatial_trend(X, xy, plain, return_info=True)
+    assert not info["kept"] and info["coherence_trend"] < info["coherence_start"] - 0.2
+    assert adjusted_rand_score(plain, labels) == 1.0
+    unguarded = gmm_spatial_trend(X, xy, plain, max_coherence_drop=1.0)
+    assert adjusted_rand_score(truth, unguarded) < 0.5
+
+@pytest.mark.parametrize(
+    ("coords", "init", "message"),
+    [
+        (np.zeros((10, 2)), None, r"coords must be a finite \(1600, 2\) array.*got shape \(10, 2\)"),
+        (np.full((1600, 2), np.nan), None, "coords must be a finite"),
+        (None, np.zeros(7, dtype=int), "init_labels has 7 entries but X has 1600 rows"),
+    ],
+)
+def test_gmm_spatial_trend_rejects_bad_input(coords, init, message):
+    from mihd.cluster import gmm_spatial_trend
+
+    X, xy, truth = _section_with_drift(curved=True, drift=0.5, noise=0.25)
+    with pytest.raises(ValueError, match=message):
+        gmm_spatial_trend(X, xy if coords is None else coords, truth if init is None else init)
+
+
+def test_runner_fits_the_spatial_trend_and_rejects_bad_settings(tiny_slice):
+    from mihd._config import compose
+    from mihd.train import train
+
+    base = ["data=synthetic", "data.n_domains=3", "encoder.image=none", "trainer=fast", "fusion=genes_only"]
+    run = train(compose("train", base), adata=tiny_slice.copy(), write=False, progress=False)
+    trend = run.metrics["spatial_trend"]
+    assert trend["kind"] == "linear" and trend["n_iter"] >= 1 and 0.0 <= trend["trend_share"] < 1.0
+    off = train(compose("train", [*base, "cluster.spatial_trend=none"]), adata=tiny_slice.copy(), write=False, progress=False)
+    assert off.metrics["spatial_trend"] == {"kind": "none"}
+    with pytest.raises(ValueError, match=r"cluster.spatial_trend='linar'; use one of none, linear"):
+        train(compose("train", [*base, "cluster.spatial_trend=linar"]), adata=tiny_slice.copy(), write=False)
+    with pytest.raises(ValueError, match=r"cluster.spatial_trend='linear' is a gmm option.*cluster.method='kmeans'"):
+        train(compose("train", [*base, "cluster.method=kmeans"]), adata=tiny_slice.copy(), write=False)

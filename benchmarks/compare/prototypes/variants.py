@@ -192,3 +192,41 @@ if PSEUDO:
         return _enc_ps(self, adata)
     P.PCAGeneEncoder.encode = encode_ps
     print("pseudocount", PSEUDO)
+
+# TREND=<degree>: after the anchored EM, a tied GMM with a shared polynomial spatial trend,
+# x_i ~ N(mu_k + B^T c_i, S), started at that partition (DIAGNOSIS.md section 7).
+if os.environ.get("TREND"):
+    import sys as _sys
+    _sys.path.insert(0, "/tmp/w")
+    import mihd.cluster as _C
+    from trendgmm import feats as _feats, trendgmm as _trendgmm
+    import mihd.train._datamodule as _D
+    _DM = _D.SpotDataModule
+    _state = {}
+    class _RecDM(_DM):
+        def __init__(self, *a, coords=None, **k):
+            if coords is not None:
+                _state["coords"] = np.asarray(coords.cpu() if hasattr(coords, "cpu") else coords, float)
+            super().__init__(*a, coords=coords, **k)
+    _D.SpotDataModule = _RecDM
+    _gfl = _C.gmm_from_labels
+    _ce = _C.cluster_embedding
+    def _ce_rec(X, *a, **k):
+        _state["gene"] = np.asarray(X, float)
+        return _ce(X, *a, **k)
+    _C.cluster_embedding = _ce_rec
+    MODE_T = os.environ.get("TRENDMODE", "after")
+    def _gfl_trend(X, init_labels, **kw):
+        C = _feats(_state["coords"], int(os.environ["TREND"]))
+        X = np.asarray(X, float)
+        if MODE_T == "after":      # anchored EM on the reconstruction, then the trend EM
+            lab = _gfl(X, init_labels, **kw)
+        else:                      # the trend EM on the gene inputs first (a trend-aware anchor)
+            a2, _ = _trendgmm(_state["gene"], C, np.asarray(init_labels), int(np.max(init_labels)) + 1)
+            lab = _gfl(X, a2, **kw) if MODE_T == "anchor_std" else a2
+        out, _ = _trendgmm(X, C, lab, int(lab.max()) + 1) if MODE_T != "anchor_std" else (lab, None)
+        if os.environ.get("TRENDDUMP"):
+            np.savez(os.environ["TRENDDUMP"], X=X, gene=_state["gene"], coords=_state["coords"], anchor=np.asarray(init_labels), lab=lab, out=out)
+        return _C._relabel_by_size(out)
+    _C.gmm_from_labels = _gfl_trend
+    print("trend", os.environ["TREND"])
