@@ -194,12 +194,12 @@ if PSEUDO:
     print("pseudocount", PSEUDO)
 
 # TREND=<degree>: after the anchored EM, a tied GMM with a shared polynomial spatial trend,
-# x_i ~ N(mu_k + B^T c_i, S), started at that partition (DIAGNOSIS.md section 7).
+# x_i ~ N(mu_k + B^T c_i, S), started at that partition (DIAGNOSIS.md section 7; prototype of
+# mihd.cluster.gmm_spatial_trend, which is now the default: run this with cluster.spatial_trend=none).
+# TRENDMODE=after|anchor|anchor_std: where the trend EM runs; TRENDDUMP=<file.npz> saves its inputs.
 if os.environ.get("TREND"):
-    import sys as _sys
-    _sys.path.insert(0, "/tmp/w")
     import mihd.cluster as _C
-    from trendgmm import feats as _feats, trendgmm as _trendgmm
+    from trend_gmm import feats as _feats, trendgmm as _trendgmm
     import mihd.train._datamodule as _D
     _DM = _D.SpotDataModule
     _state = {}
