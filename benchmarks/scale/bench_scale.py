@@ -15,6 +15,9 @@ Inputs per stage (generated, seeded):
   (gene 30 + image 27 features, k=6 neighbourhoods, batch 4096).
 * ``cluster`` -- a 16-dimensional embedding with 7 Gaussian blobs; ``cluster_embedding`` gmm with
   its defaults (fit on 2 x 10^5 sampled cells above that, then assignment).
+* ``trend``   -- the same embedding on banded coordinates (uniform random points), plus a linear drift in
+  x; `gmm_spatial_trend` started at the plain gmm partition (its EM on 2 x 10^5 sampled cells, assignment
+  and the 6-NN coherence guard on all N).
 * ``e2e``     -- ``mihd train fusion=gnn data=synthetic data.n_cells=N trainer=hd`` (generation,
   features, training, clustering, refinement, scoring and writing the run folder).
 
@@ -45,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_mach
 from _machine import cpu_model  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1].parent
-STAGES = ("graph", "refine", "epoch", "cluster", "e2e")
+STAGES = ("graph", "refine", "epoch", "cluster", "trend", "e2e")
 
 
 def _rss_mib() -> float:
@@ -123,6 +126,20 @@ def _child(stage: str, n: int, device: str) -> dict:
         t0 = time.perf_counter()
         cluster_embedding(X, 7, method="gmm", seed=0)
         out["seconds"] = round(time.perf_counter() - t0, 3)
+    elif stage == "trend":
+        from sklearn.datasets import make_blobs
+
+        from mihd.cluster import cluster_embedding, gmm_spatial_trend
+
+        xy = _coords(n)
+        X, _ = make_blobs(n_samples=n, n_features=16, centers=7, cluster_std=4.0, random_state=0)  # overlapping: EM works
+        X += np.outer((xy[:, 0] - xy[:, 0].mean()) / xy[:, 0].std(), np.linspace(0.5, 2.0, 16))
+        start = cluster_embedding(X, 7, method="gmm", seed=0)
+        base = _rss_mib()
+        t0 = time.perf_counter()
+        _, info = gmm_spatial_trend(X, xy, start, seed=0, return_info=True)
+        out["seconds"] = round(time.perf_counter() - t0, 3)
+        out["em_steps"] = info["n_iter"]
     else:
         raise ValueError(stage)
     out.update(base_rss_mib=round(base, 1), peak_rss_mib=round(_peak_mib(), 1))

@@ -5,6 +5,7 @@ UDIR=1 (trend fixed along the within-domain depth direction), DEP=1 (add smoothe
 import sys, os; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import *
 from scipy.special import logsumexp
+CEM = bool(os.environ.get('CEM'))
 RANK = int(os.environ.get('RANK', '0'))
 RIDGE = float(os.environ.get('RIDGE', '0'))
 def feats(xy, deg, d=None):
@@ -48,6 +49,7 @@ def trendgmm(X, C, labels, K, iters=200, reg=1e-6, u=None):
             Z = (Xr - mu[k]) @ Li.T; logp[:, k] = -0.5 * (Z**2).sum(1)
         logp += np.log(w / n)
         Rn = np.exp(logp - logsumexp(logp, 1, keepdims=True))
+        if CEM: Rn = np.eye(K)[Rn.argmax(1)]
         done = np.abs(Rn - R).max() < 1e-4; R = Rn
         if done: break
     ll = logsumexp(logp, 1).sum() / n - np.log(np.diag(L)).sum()
