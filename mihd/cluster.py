@@ -201,7 +201,7 @@ def gmm_spatial_trend(
     max_iter: int = 200,
     trend_tol: float = 1e-4,
     fit_max_samples: int | None = 200_000,
-    max_coherence_drop: float = 0.05,
+    max_discord_ratio: float = 2.0,
     return_info: bool = False,
     **_ignored: Any,
 ) -> Labels | tuple[Labels, dict[str, Any]]:
@@ -220,10 +220,12 @@ def gmm_spatial_trend(
     change monotonically from band to band (a cortex cut straight across its layers), a gradient along
     the bands' axis explains two of them as one ramp, and the freed component then splits a domain at
     random. The partition it returns is then far less spatially coherent than the start, the opposite
-    of what removing a smooth nuisance does (on the development set the share of each spot's 6 nearest
-    neighbours in its own domain moved by at most 0.016 either way). So the trend's partition is kept
-    only when that share drops by at most ``max_coherence_drop`` (0.05); otherwise the start partition
-    comes back unchanged and ``info["kept"]`` is False.
+    of what removing a smooth nuisance does. Coherence is the share of each spot's 6 nearest neighbours
+    in its own domain; the trend's partition is kept only when the share of neighbours in *other*
+    domains grows at most ``max_discord_ratio``-fold (2.0), else the start partition comes back
+    unchanged and ``info["kept"]`` is False. Over the 420 runs of the development set (every fusion,
+    7 datasets, 5 seeds) that share changed by a factor 0.84-1.27; in the synthetic failure above it
+    grew 2.8-3.8-fold.
 
     Above ``fit_max_samples`` spots the model is fitted on a seeded subsample and every spot is then
     assigned by it. ``return_info=True`` also returns the fit: iterations, convergence,
@@ -254,7 +256,7 @@ def gmm_spatial_trend(
 
     nb = knn_indices(xy[:, :2], min(6, arr.shape[0] - 1), include_self=False)
     coherence = {name: float((lab[nb] == lab[:, None]).mean()) for name, lab in (("start", init), ("trend", labels))}
-    kept = coherence["trend"] >= coherence["start"] - float(max_coherence_drop)
+    kept = 1.0 - coherence["trend"] <= float(max_discord_ratio) * (1.0 - coherence["start"])
     labels = _relabel_by_size(labels if kept else init)
     if not return_info:
         return labels

@@ -273,7 +273,7 @@ def test_gmm_spatial_trend_falls_back_when_the_trend_imitates_domains():
     labels, info = gmm_spatial_trend(X, xy, plain, return_info=True)
     assert not info["kept"] and info["coherence_trend"] < info["coherence_start"] - 0.2
     assert adjusted_rand_score(plain, labels) == 1.0
-    unguarded = gmm_spatial_trend(X, xy, plain, max_coherence_drop=1.0)
+    unguarded = gmm_spatial_trend(X, xy, plain, max_discord_ratio=100.0)
     assert adjusted_rand_score(truth, unguarded) < 0.5
 
 @pytest.mark.parametrize(
