@@ -20,7 +20,7 @@ def within_slope(X, d, labels, K):
     xk = (R.T @ X) / w[:, None]; dk = (R.T @ d) / w
     dc = d - dk[labels]; xc = X - xk[labels]
     return (dc @ xc) / (dc @ dc)
-def trendgmm(X, C, labels, K, iters=200, reg=1e-6, u=None):
+def trendgmm(X, C, labels, K, iters=200, reg=1e-6, u=None, nb=None):
     n, f = X.shape; R = np.eye(K)[labels]
     for it in range(iters):
         w = R.sum(0) + 1e-10
@@ -28,6 +28,12 @@ def trendgmm(X, C, labels, K, iters=200, reg=1e-6, u=None):
         # within-cluster scatter of C and cross with X
         A = C.T @ C - (ck * w[:, None]).T @ ck
         Bx = C.T @ X - (ck * w[:, None]).T @ xk
+        if nb is not None:   # slope from interior spots only (all neighbours in the spot's domain)
+            lab = R.argmax(1); Wt = R * (lab[nb] == lab[:, None]).all(1)[:, None]
+            w2 = Wt.sum(0) + 1e-10; xk2 = (Wt.T @ X) / w2[:, None]; ck2 = (Wt.T @ C) / w2[:, None]
+            wi = Wt.sum(1)
+            A = (C * wi[:, None]).T @ C - (ck2 * w2[:, None]).T @ ck2
+            Bx = (C * wi[:, None]).T @ X - (ck2 * w2[:, None]).T @ xk2
         B = np.linalg.solve(A + (RIDGE * n + 1e-9) * np.eye(len(A)), Bx)
         if u is not None and it > 0:
             Si = Li.T @ Li; q = Si @ u / (u @ Si @ u)      # projection onto u in the Mahalanobis metric
@@ -76,7 +82,11 @@ if __name__ == "__main__":
             if os.environ.get("UDIR"):
                 dsm = smooth(np.log(D["depth"])[:, None], D["nb"])[:, 0]
                 u = within_slope(X, dsm - dsm.mean(), l0, K)
-            la, lla = trendgmm(X, C, l0, K, u=u); lb, llb = trendgmm(X, C, l1, K)
+            nbi = None
+            if os.environ.get("INTERIOR"):
+                from mihd.graph import knn_indices
+                nbi = knn_indices(D["coords"].astype(float), int(os.environ["INTERIOR"]), include_self=False)
+            la, lla = trendgmm(X, C, l0, K, u=u, nb=nbi); lb, llb = trendgmm(X, C, l1, K)
             sa, sb = score(D, la)[0], score(D, lb)[0]
             r["def"].append(score(D, l0)[0]); r["a"].append(sa); r["b"].append(sb); r["pick"].append(sa if lla >= llb else sb)
         for k in res: res[k].append(np.mean(r[k]))
