@@ -150,24 +150,35 @@ def _trend_design(coords: NDArray[np.float64]) -> NDArray[np.float64]:
     return c / (sd if sd > 0 else 1.0)
 
 
+def _within_slope(X: NDArray[np.float64], C: NDArray[np.float64], W: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Common slope of X on C from the within-component (co)variation, spots weighted by W (n x K)."""
+    w = W.sum(0) + 1e-10
+    xk = (W.T @ X) / w[:, None]
+    ck = (W.T @ C) / w[:, None]
+    wi = W.sum(1)[:, None]
+    A = (C * wi).T @ C - (ck * w[:, None]).T @ ck + 1e-9 * np.eye(C.shape[1])
+    return np.linalg.solve(A, (C * wi).T @ X - (ck * w[:, None]).T @ xk)
+
+
 def _trend_em(
     X: NDArray[np.float64], C: NDArray[np.float64], labels: NDArray[np.int64], K: int, *, reg_covar: float,
-    max_iter: int, tol: float,
+    max_iter: int, tol: float, slope_from: NDArray[np.bool_] | None = None,
 ) -> dict[str, Any]:
     """EM of x_i ~ sum_k pi_k N(mu_k + B^T c_i, S): a tied Gaussian mixture whose components share one
-    linear regression on the covariates C (a mixture of regressions with a common slope)."""
+    linear regression on the covariates C (a mixture of regressions with a common slope). ``slope_from``
+    (a mask) limits the spots the slope is estimated from; means, covariance and weights use every spot."""
     from scipy.special import logsumexp
 
     n, f = X.shape
     R = np.eye(K)[labels]
-    eye_c = 1e-9 * np.eye(C.shape[1])
+    if slope_from is not None and slope_from.sum() < 10 * (C.shape[1] + 1):
+        slope_from = None  # too few spots to estimate the slope from: use every spot
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
         w = R.sum(0) + 1e-10
         xk = (R.T @ X) / w[:, None]
         ck = (R.T @ C) / w[:, None]
-        # common slope from the within-component scatter of C and its cross-scatter with X
-        B = np.linalg.solve(C.T @ C - (ck * w[:, None]).T @ ck + eye_c, C.T @ X - (ck * w[:, None]).T @ xk)
+        B = _within_slope(X, C, R if slope_from is None else R * slope_from[:, None])
         mu = xk - ck @ B
         Xr = X - C @ B
         # pooled covariance sum_ik r_ik (xr_i - mu_k)(xr_i - mu_k)^T / n; mu_k is the weighted mean of xr in k
@@ -209,7 +220,11 @@ def gmm_spatial_trend(
 
     Each spot's profile is modelled as ``x_i = mu_k + B^T c_i + e_i`` with ``e_i ~ N(0, S)``: a domain
     mean plus a linear function of the spot's (standardised) coordinates ``c_i`` that all domains share,
-    fitted by EM from the given partition. A smooth gradient across the whole section -- on DLPFC
+    fitted by EM from the given partition. The slope is estimated from the start partition's interior
+    spots only (all 6 nearest neighbours in the spot's own domain): at a border the spatially averaged
+    profile blends two domains, which looks like a gradient wherever a border runs along a coordinate
+    and pulls the trend towards the layers' own axis (on DLPFC 151674 it moved part of L1 into L3).
+    A smooth gradient across the whole section -- on DLPFC
     151675 / 151676 a lateral drift in sequencing depth and RNA capture that runs *across* the layers --
     otherwise makes the mixture cut a layer into a left and a right half; the shared trend absorbs it,
     while differences between domains stay in ``mu_k``. The trend is linear only (2 x features
@@ -242,19 +257,23 @@ def gmm_spatial_trend(
     if init.shape[0] != arr.shape[0]:
         raise ValueError(f"init_labels has {init.shape[0]} entries but X has {arr.shape[0]} rows.")
     ks, init = np.unique(init, return_inverse=True)
+    from .graph import knn_indices
+
     C = _trend_design(xy)
+    k_nb = min(6, arr.shape[0] - 1)
+    nb = knn_indices(xy[:, :2], k_nb, include_self=False)
     sample = _fit_sample(arr.shape[0], fit_max_samples, seed)
     fit = slice(None) if sample is None else sample
-    info = _trend_em(arr[fit], C[fit], init[fit], len(ks), reg_covar=reg_covar, max_iter=int(max_iter), tol=float(trend_tol))
+    nb_fit = nb if sample is None else knn_indices(xy[sample, :2], k_nb, include_self=False)
+    interior = (init[fit][nb_fit] == init[fit][:, None]).all(1)  # all 6 neighbours in the spot's start domain
+    info = _trend_em(arr[fit], C[fit], init[fit], len(ks), reg_covar=reg_covar, max_iter=int(max_iter),
+                     tol=float(trend_tol), slope_from=interior)
     labels = np.empty(arr.shape[0], dtype=np.int64)
     Lc, M = info["chol"], np.linalg.solve(info["chol"], info["mu"].T).T
     logw = np.log(info["weights"])
     for lo in range(0, arr.shape[0], 100_000):
         Z = np.linalg.solve(Lc, (arr[lo:lo + 100_000] - C[lo:lo + 100_000] @ info["B"]).T).T
         labels[lo:lo + 100_000] = np.argmax(-0.5 * ((Z**2).sum(1)[:, None] - 2 * Z @ M.T + (M**2).sum(1)[None, :]) + logw, 1)
-    from .graph import knn_indices
-
-    nb = knn_indices(xy[:, :2], min(6, arr.shape[0] - 1), include_self=False)
     coherence = {name: float((lab[nb] == lab[:, None]).mean()) for name, lab in (("start", init), ("trend", labels))}
     kept = 1.0 - coherence["trend"] <= float(max_discord_ratio) * (1.0 - coherence["start"])
     labels = _relabel_by_size(labels if kept else init)

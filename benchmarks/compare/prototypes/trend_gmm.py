@@ -29,7 +29,8 @@ def trendgmm(X, C, labels, K, iters=200, reg=1e-6, u=None, nb=None):
         A = C.T @ C - (ck * w[:, None]).T @ ck
         Bx = C.T @ X - (ck * w[:, None]).T @ xk
         if nb is not None:   # slope from interior spots only (all neighbours in the spot's domain)
-            lab = R.argmax(1); Wt = R * (lab[nb] == lab[:, None]).all(1)[:, None]
+            lab = labels if os.environ.get("INTERIOR_FIXED") else R.argmax(1)   # fixed: from the start partition
+            Wt = R * (lab[nb] == lab[:, None]).all(1)[:, None]
             w2 = Wt.sum(0) + 1e-10; xk2 = (Wt.T @ X) / w2[:, None]; ck2 = (Wt.T @ C) / w2[:, None]
             wi = Wt.sum(1)
             A = (C * wi[:, None]).T @ C - (ck2 * w2[:, None]).T @ ck2

@@ -224,7 +224,11 @@ if os.environ.get("TREND"):
         else:                      # the trend EM on the gene inputs first (a trend-aware anchor)
             a2, _ = _trendgmm(_state["gene"], C, np.asarray(init_labels), int(np.max(init_labels)) + 1)
             lab = _gfl(X, a2, **kw) if MODE_T == "anchor_std" else a2
-        out, _ = _trendgmm(X, C, lab, int(lab.max()) + 1) if MODE_T != "anchor_std" else (lab, None)
+        nbi = None
+        if os.environ.get("INTERIOR"):   # slope from interior spots (trend_gmm.py INTERIOR / INTERIOR_FIXED)
+            from mihd.graph import knn_indices
+            nbi = knn_indices(_state["coords"], int(os.environ["INTERIOR"]), include_self=False)
+        out, _ = _trendgmm(X, C, lab, int(lab.max()) + 1, nb=nbi) if MODE_T != "anchor_std" else (lab, None)
         if os.environ.get("TRENDDUMP"):
             np.savez(os.environ["TRENDDUMP"], X=X, gene=_state["gene"], coords=_state["coords"], anchor=np.asarray(init_labels), lab=lab, out=out)
         return _C._relabel_by_size(out)
