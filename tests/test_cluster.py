@@ -306,3 +306,23 @@ def test_runner_fits_the_spatial_trend_and_rejects_bad_settings(tiny_slice):
         train(compose("train", [*base, "cluster.spatial_trend=linar"]), adata=tiny_slice.copy(), write=False)
     with pytest.raises(ValueError, match=r"cluster.spatial_trend='linear' is a gmm option.*cluster.method='kmeans'"):
         train(compose("train", [*base, "cluster.method=kmeans"]), adata=tiny_slice.copy(), write=False)
+
+
+def test_trend_slope_from_interior_spots_ignores_blended_borders():
+    """Spatially averaged profiles at a border blend two domains; along a border that runs parallel to a
+    coordinate this blend looks like a gradient. The slope estimated from interior spots only is the drift's."""
+    from mihd.cluster import _within_slope
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    C = rng.uniform(-1, 1, size=(n, 2))
+    labels = (C[:, 1] > 0).astype(int)
+    true_slope = np.array([[0.5, 0.0], [0.0, 0.0]])  # a drift in x only
+    X = np.array([[0.0, 0.0], [3.0, 0.0]])[labels] + C @ true_slope + 0.05 * rng.normal(size=(n, 2))
+    border = np.abs(C[:, 1]) < 0.2
+    X[border] = np.array([1.5, 0.0]) + (C[border, 1:2] / 0.2) * np.array([1.5, 0.0]) + C[border] @ true_slope  # a ramp
+    R = np.eye(2)[labels]
+    every = _within_slope(X, C, R)
+    interior = _within_slope(X, C, R * ~border[:, None])
+    assert np.abs(interior - true_slope).max() < 0.02
+    assert np.abs(every - true_slope).max() > 0.1  # the blend at the border reads as a gradient in y
