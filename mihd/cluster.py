@@ -224,10 +224,10 @@ def gmm_spatial_trend(
     spots only (all 6 nearest neighbours in the spot's own domain): at a border the spatially averaged
     profile blends two domains, which looks like a gradient wherever a border runs along a coordinate
     and pulls the trend towards the layers' own axis (on DLPFC 151674 it moved part of L1 into L3).
-    A smooth gradient across the whole section -- on DLPFC
-    151675 / 151676 a lateral drift in sequencing depth and RNA capture that runs *across* the layers --
-    otherwise makes the mixture cut a layer into a left and a right half; the shared trend absorbs it,
-    while differences between domains stay in ``mu_k``. The trend is linear only (2 x features
+
+    A smooth gradient across the whole section -- on DLPFC 151675 / 151676 a lateral drift in sequencing
+    depth and RNA capture that runs *across* the layers -- otherwise makes the mixture cut a layer into a
+    left and a right half; the shared trend absorbs it, while differences between domains stay in ``mu_k``. The trend is linear only (2 x features
     parameters), so it cannot draw the domains themselves (a quadratic already can bend into a layer).
     Measured on the development set (``benchmarks/compare/DIAGNOSIS.md`` section 7).
 
@@ -245,9 +245,8 @@ def gmm_spatial_trend(
     Above ``fit_max_samples`` spots the model is fitted on a seeded subsample and every spot is then
     assigned by it. ``return_info=True`` also returns the fit: iterations, convergence,
     ``trend_share`` (the share of the within-domain variation the trend explains), both coherences and
-    ``kept``. Extra keywords
-    (``n_init``, ``tol``) are accepted and ignored: there is exactly one start, and ``trend_tol`` (the
-    largest change of any responsibility) decides convergence.
+    ``kept``. Extra keywords (``n_init``, ``tol``) are accepted and ignored: there is exactly one start,
+    and ``trend_tol`` (the largest change of any responsibility) decides convergence.
     """
     init = np.asarray(init_labels, dtype=np.int64).ravel()
     arr = _validate(X, max(len(np.unique(init)), 2))
