@@ -160,6 +160,16 @@ def _within_slope(X: NDArray[np.float64], C: NDArray[np.float64], W: NDArray[np.
     return np.linalg.solve(A, (C * wi).T @ X - (ck * w[:, None]).T @ xk)
 
 
+def _trend_logp(
+    X: NDArray[np.float64], C: NDArray[np.float64], B: NDArray[np.float64], chol: NDArray[np.float64],
+    mu: NDArray[np.float64], log_weights: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Per-spot, per-domain log density of the trend mixture, up to a constant shared by all domains."""
+    Z = np.linalg.solve(chol, (X - C @ B).T).T  # whitened detrended profiles
+    M = np.linalg.solve(chol, mu.T).T           # whitened domain means
+    return -0.5 * ((Z**2).sum(1)[:, None] - 2 * Z @ M.T + (M**2).sum(1)[None, :]) + log_weights
+
+
 def _trend_em(
     X: NDArray[np.float64], C: NDArray[np.float64], labels: NDArray[np.int64], K: int, *, reg_covar: float,
     max_iter: int, tol: float, slope_from: NDArray[np.bool_] | None = None,
@@ -185,9 +195,7 @@ def _trend_em(
         S = (Xr.T @ Xr - (mu * w[:, None]).T @ mu) / n
         S += reg_covar * np.eye(f)
         Lc = np.linalg.cholesky(S)
-        Z = np.linalg.solve(Lc, Xr.T).T                 # whitened, n x f
-        M = np.linalg.solve(Lc, mu.T).T                 # whitened means, K x f
-        logp = -0.5 * ((Z**2).sum(1)[:, None] - 2 * Z @ M.T + (M**2).sum(1)[None, :]) + np.log(w / n)
+        logp = _trend_logp(X, C, B, Lc, mu, np.log(w / n))
         R_new = np.exp(logp - logsumexp(logp, 1, keepdims=True))
         done = np.abs(R_new - R).max() < tol
         R = R_new
@@ -268,11 +276,9 @@ def gmm_spatial_trend(
     info = _trend_em(arr[fit], C[fit], init[fit], len(ks), reg_covar=reg_covar, max_iter=int(max_iter),
                      tol=float(trend_tol), slope_from=interior)
     labels = np.empty(arr.shape[0], dtype=np.int64)
-    Lc, M = info["chol"], np.linalg.solve(info["chol"], info["mu"].T).T
-    logw = np.log(info["weights"])
     for lo in range(0, arr.shape[0], 100_000):
-        Z = np.linalg.solve(Lc, (arr[lo:lo + 100_000] - C[lo:lo + 100_000] @ info["B"]).T).T
-        labels[lo:lo + 100_000] = np.argmax(-0.5 * ((Z**2).sum(1)[:, None] - 2 * Z @ M.T + (M**2).sum(1)[None, :]) + logw, 1)
+        part = slice(lo, lo + 100_000)
+        labels[part] = _trend_logp(arr[part], C[part], info["B"], info["chol"], info["mu"], np.log(info["weights"])).argmax(1)
     coherence = {name: float((lab[nb] == lab[:, None]).mean()) for name, lab in (("start", init), ("trend", labels))}
     kept = 1.0 - coherence["trend"] <= float(max_discord_ratio) * (1.0 - coherence["start"])
     labels = _relabel_by_size(labels if kept else init)

@@ -8,36 +8,13 @@ from mihd._config import compose
 from mihd.train import train
 from mihd.metrics import ari
 from mihd.refine import refine_labels
-from scipy.special import logsumexp
+import os
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trend_gmm import trendgmm
 DS = {"BZ5": ["data=starmap_mpfc", "data.slice=BZ5"], "BZ9": ["data=starmap_mpfc", "data.slice=BZ9"], "BZ14": ["data=starmap_mpfc", "data.slice=BZ14"]}
-def covgmm(X, d, labels, K, iters=100, reg=1e-6):
-    n, f = X.shape
-    R = np.eye(K)[labels]
-    for it in range(iters):
-        w = R.sum(0) + 1e-10
-        xk = (R.T @ X) / w[:, None]; dk = (R.T @ d) / w
-        # shared slope b (F,), within-cluster weighted covariance of d and X
-        dc = d[:, None] - dk[None, :]            # (n, K)
-        num = np.einsum("ik,ik,if->f", R, dc, X) - np.einsum("ik,ik,kf->f", R, dc, xk)
-        den = (R * dc**2).sum()
-        b = num / den
-        mu = xk - dk[:, None] * b[None, :]
-        Xr = X - d[:, None] * b[None, :]
-        S = np.zeros((f, f))
-        for k in range(K):
-            Z = Xr - mu[k]; S += (Z * R[:, k:k+1]).T @ Z
-        S = S / n + reg * np.eye(f)
-        L = np.linalg.cholesky(S); Li = np.linalg.inv(L)
-        logp = np.empty((n, K))
-        for k in range(K):
-            Z = (Xr - mu[k]) @ Li.T; logp[:, k] = -0.5 * (Z**2).sum(1)
-        logp += np.log(w / n)
-        Rn = np.exp(logp - logsumexp(logp, 1, keepdims=True))
-        if np.abs(Rn - R).max() < 1e-4:
-            R = Rn; break
-        R = Rn
-    ll = logsumexp(logp, 1).sum() / n - np.log(np.diag(L)).sum()
-    return R.argmax(1), round(float(ll), 3)
+def covgmm(X, d, labels, K, iters=100):
+    """The trend mixture of trend_gmm.py with log depth as its one covariate."""
+    return trendgmm(X, d[:, None], labels, K, iters=iters)
 for dname in sys.argv[1].split(","):
     over = DS.get(dname, ["data=dlpfc", f"data.slice={dname}"])
     for seed in sys.argv[2].split(",") if len(sys.argv) > 2 else ["0"]:

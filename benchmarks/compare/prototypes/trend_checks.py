@@ -9,12 +9,11 @@ import os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); sys.path.insert(0, "tests")
 from harness import *
 from scipy.special import logsumexp
-from mihd.cluster import _trend_em, _trend_design
+from mihd.cluster import _trend_em, _trend_design, _trend_logp
 from mihd.graph import knn_indices
 from test_cluster import _section_with_drift
 def ll_trend(X, C, info):
-    Lc = info["chol"]; Z = np.linalg.solve(Lc, (X - C @ info["B"]).T).T; M = np.linalg.solve(Lc, info["mu"].T).T
-    lp = -0.5 * ((Z**2).sum(1)[:, None] - 2 * Z @ M.T + (M**2).sum(1)[None, :]) + np.log(info["weights"])
+    Lc = info["chol"]; lp = _trend_logp(X, C, info["B"], Lc, info["mu"], np.log(info["weights"]))
     return logsumexp(lp, 1).mean() - np.log(np.diag(Lc)).sum() - 0.5 * X.shape[1] * np.log(2 * np.pi), lp.argmax(1)
 def coh(xy, lab):
     nb = knn_indices(xy, 6, include_self=False); return (lab[nb] == lab[:, None]).mean()
