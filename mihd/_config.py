@@ -27,13 +27,15 @@ DLPFC_DOMAINS = {s: 5 for s in ("151669", "151670", "151671", "151672")}
 # Keys the code reads with a default when a config leaves them out (`_cfg_get(cfg, key, default)` in
 # mihd.train._runner): the only keys an override may add.
 OPTIONAL_KEYS = frozenset({
-    "spatial.context_neighbors", "encoder.feature_scaling", "cluster.start",
+    "spatial.context_neighbors", "encoder.feature_scaling", "cluster.start", "cluster.image_weight", "trainer.min_steps",
+    "encoder.permute_image",
     "data.annotation", "data.annotation_key", "data.fullres_image", "data.bin_size", "data.load_morphology",
+    "data.pool",
 })
 # Free-form option mappings, each checked where it is used against the signature it feeds
 # (fusion class, clustering, encoders, synthetic_slice, modalities, submitit) with a message naming the option.
 FREE_FORM_KEYS = ("fusion.options", "cluster.options", "encoder.gene_options", "encoder.image_options",
-                  "data.generator", "trainer.modality_weights", "launcher.additional_parameters")
+                  "data.generator", "data.pool", "trainer.modality_weights", "launcher.additional_parameters")
 
 
 class ConfigError(ValueError):

@@ -7,8 +7,9 @@ Two families:
 * **spatial coherence** (`chaos`, `pas`): need only coordinates and the predicted
   labels, so they also score slices without an annotation. Lower is better.
 
-`score_labels` computes whichever of them the inputs allow. Nothing here imports
-AnnData; wrappers for AnnData objects belong in ``mihd.tl``.
+`score_labels` computes whichever of them the inputs allow. One diagnostic of the gene
+features themselves, `depth_share`, says how much of them sequencing depth explains. Nothing
+here imports AnnData; wrappers for AnnData objects belong in ``mihd.tl``.
 
 Unannotated spots
 -----------------
@@ -41,6 +42,7 @@ __all__ = [
     "chaos",
     "pas",
     "score_labels",
+    "depth_share",
 ]
 
 #: Strings (after ``str.strip``) that mark a spot as unannotated.
@@ -354,3 +356,72 @@ def score_labels(
         out["chaos"] = chaos(coords, p)
         out["pas"] = pas(coords, p)
     return out
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def depth_share(pcs: ArrayLike, totals: ArrayLike, *, of: str = "depth") -> float:
+    """The depth share of gene features: how much sequencing depth and the features overlap.
+
+    ``of="depth"`` (default): R² of ``log(totals)`` regressed on the columns of ``pcs`` by ordinary
+    least squares with an intercept, i.e. how much of the depth the features carry. Near 1, depth
+    can be read off the features; near 0, it is not in them.
+
+    ``of="pcs"``: the share of the features' total variance that ``log(totals)`` explains,
+    ``sum_k var_k R²_k / sum_k var_k`` with ``R²_k`` the squared correlation of column ``k`` with
+    log depth, i.e. how much of what a clustering of the (unwhitened) PCs sees is depth. The two
+    differ when depth sits in low-variance components: all 30 PCs may predict depth well (high
+    ``"depth"``) while the leading ones are tissue (low ``"pcs"``).
+
+    Parameters
+    ----------
+    pcs
+        ``(n_spots, n_components)`` features, e.g. the 30 gene principal components.
+    totals
+        ``(n_spots,)`` total counts (UMIs) per spot, all positive.
+    of
+        ``"depth"`` or ``"pcs"``, as above.
+
+    Returns
+    -------
+    float
+        A share in [0, 1]; NaN when ``totals`` is constant (no depth variation to explain).
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match, a non-positive or non-finite total, non-finite features, an
+        unknown ``of``, or (``of="depth"``) no more spots than components + 1 (R² would be 1
+        whatever the features).
+    """
+    if of not in ("depth", "pcs"):
+        raise ValueError(f"of={of!r}; use 'depth' (R² of log depth on the features) or 'pcs' (share of the "
+                         "features' variance explained by log depth).")
+    x = np.asarray(pcs, dtype=np.float64)
+    t = np.asarray(totals, dtype=np.float64).ravel()
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise ValueError(f"pcs must be 2-D (spots x components); got shape {x.shape}.")
+    _check_same_length(t, x, "totals", "pcs")
+    if not (np.isfinite(t).all() and (t > 0).all()):
+        raise ValueError("totals must be finite and positive (total counts per spot); drop spots with no counts first.")
+    if not np.isfinite(x).all():
+        raise ValueError("pcs holds non-finite values.")
+    n, k = x.shape
+    if of == "depth" and n <= k + 1:
+        raise ValueError(f"depth_share needs more spots than components + 1; got {n} spots and {k} components.")
+    y = np.log(t)
+    y = y - y.mean()
+    ss_y = float(y @ y)
+    if ss_y <= 0:
+        return float("nan")
+    x = x - x.mean(0)
+    if of == "pcs":
+        ss_x = float((x * x).sum())
+        # sum_k var_k corr_k² = sum_k (x_k . y)² / (y . y)
+        return float(min(1.0, ((x.T @ y) ** 2).sum() / ss_y / ss_x)) if ss_x > 0 else float("nan")
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ coef
+    return float(min(1.0, max(0.0, 1.0 - float(resid @ resid) / ss_y)))

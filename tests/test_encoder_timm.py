@@ -36,7 +36,7 @@ def _patches(seed=0, n=6):
 
 
 def test_torchscript_checkpoint_encodes(torchscript_ckpt):
-    enc = get_image_encoder("timm")(checkpoint=str(torchscript_ckpt), input_size=32, device="cpu")
+    enc = get_image_encoder("timm")(checkpoint=str(torchscript_ckpt), torchscript=True, input_size=32, device="cpu")
     f = enc.encode(_patches())
     assert f.shape == (6, 5) and f.dtype == np.float32 and np.isfinite(f).all()
     # the real weights are used: the same module in Python gives the same features
@@ -58,9 +58,8 @@ def test_missing_checkpoint_is_named(tmp_path):
 def test_state_dict_without_model_name_explains(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(TinyBackbone().state_dict(), path)
-    enc = get_image_encoder("timm")(checkpoint=str(path), device="cpu")
-    with pytest.raises(ValueError, match="model_name"):
-        enc.encode(_patches())
+    with pytest.raises(ValueError, match="model_name"):  # at construction: before any data is read
+        get_image_encoder("timm")(checkpoint=str(path), device="cpu")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed; the error path does not apply")
@@ -88,5 +87,5 @@ def test_prepare_inputs_with_a_local_backbone(torchscript_ckpt, tmp_path):
     from mihd.pp import prepare_inputs
 
     adata = synthetic_slice(200, n_genes=40, n_domains=3, seed=1)
-    prep = prepare_inputs(adata, image="timm", image_options={"checkpoint": str(torchscript_ckpt), "input_size": 32, "device": "cpu"}, cache_dir=tmp_path)
+    prep = prepare_inputs(adata, image="timm", image_options={"checkpoint": str(torchscript_ckpt), "torchscript": True, "input_size": 32, "device": "cpu"}, cache_dir=tmp_path)
     assert prep.features["image"].shape == (200, 5)

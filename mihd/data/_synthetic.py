@@ -64,6 +64,7 @@ NUCLEUS_MAX_UM_PER_PX = 2.5  # coarser hires pixels get per-pixel nucleus speckl
 _LEGACY_LAYOUTS = ("hex", "random")
 _LAYOUTS = ("hex", "random", "cells", "bins")
 _PATTERNS = ("layers", "blobs", "gradient", "mixed")
+_IMAGE_SIGNALS = ("domains", "shuffled", "noise")
 
 #: Per-layout defaults of the options left as ``None`` (``mean_counts`` is per gene).
 #: "hex"/"random" keep the original Visium-like model exactly (same numbers for the same seed).
@@ -100,6 +101,10 @@ def synthetic_slice(
     mixing: float | None = None,
     programs: int | None = None,
     program_strength: float = 0.5,
+    expression_of: Sequence[int] | None = None,
+    morphology_of: Sequence[int] | None = None,
+    spot_scale: float = 1.0,
+    image_signal: Literal["domains", "shuffled", "noise"] = "domains",
     seed: int = 0,
     library_id: str = "synthetic",
 ) -> AnnData:
@@ -165,6 +170,24 @@ def synthetic_slice(
         Default 0 (``"hex"``/``"random"``), 3 (``"cells"``/``"bins"``).
     program_strength
         Largest log-fold effect of a program on a gene per unit (sd) of its field.
+    expression_of
+        Per domain, the domain whose expression it has (length ``n_domains``): ``[0, 1, 2, 2]``
+        makes domains 2 and 3 identical in expression, so only the image can tell them apart
+        (a morphology-only domain). ``None``: every domain its own. Draws no random numbers,
+        so the rest of the slice is the same as without it.
+    morphology_of
+        Per domain, the domain whose appearance (stain colour, cellularity, nucleus size) it
+        has in the image: ``[0, 1, 1, 2]`` makes domains 1 and 2 look alike, so only the
+        expression tells them apart. ``None``: every domain its own.
+    spot_scale
+        ``"hex"`` / ``"random"`` only: multiply the spot pitch and diameter (2.0: legacy-ST-like
+        110 µm spots 200 µm apart); the lowres image keeps about 12.5 µm per pixel and the
+        hires image 1 µm per pixel.
+    image_signal
+        What the images show: ``"domains"`` (default) the domains' appearance; ``"shuffled"`` every
+        spot's neighbourhood (its Voronoi cell) in the appearance of a randomly chosen spot's domain,
+        so the image carries no spatial information; ``"noise"`` every 4 µm block in a random domain's
+        appearance, so every patch looks alike. Controls for image fusion: a method should ignore both.
     seed
         Random seed; the same seed gives the same slice.
     library_id
@@ -200,6 +223,14 @@ def synthetic_slice(
         option out of range (the message names it and what would work).
     """
     _check_args(n_spots, n_genes, n_domains, layout, pattern, image_size)
+    expression_map = _domain_map(expression_of, n_domains, "expression_of")
+    morphology_map = _domain_map(morphology_of, n_domains, "morphology_of")
+    if not (np.isfinite(spot_scale) and 0.25 <= spot_scale <= 10):
+        raise ValueError(f"spot_scale={spot_scale!r}; use a factor in [0.25, 10] (2.0: legacy-ST-like spots).")
+    if image_signal not in _IMAGE_SIGNALS:
+        raise ValueError(f"image_signal={image_signal!r}; use one of {', '.join(_IMAGE_SIGNALS)}.")
+    if spot_scale != 1.0 and layout not in _LEGACY_LAYOUTS:
+        raise ValueError(f"spot_scale applies to the 'hex' and 'random' layouts only; layout={layout!r}.")
     defaults = LAYOUT_DEFAULTS[layout]
     fold = _marker_range(marker_strength)
     mean_counts = defaults["counts_per_gene"] * n_genes if mean_counts is None else float(mean_counts)
@@ -222,6 +253,8 @@ def synthetic_slice(
         xy, array_row, array_col, in_tissue = _hd_layout(n_spots, rng, cells=layout == "cells")
     mpp = 1.0 if legacy else HD_MICRONS_PER_PIXEL
     margin = MARGIN if legacy else HD_MARGIN_UM / mpp
+    if spot_scale != 1.0:  # a coarser lattice: every full-res distance times spot_scale
+        xy, margin, in_tissue = np.round(xy * spot_scale), margin * spot_scale, _scaled_region(in_tissue, spot_scale)
 
     if pattern == "layers":
         labels, domain_of = _layer_domains(xy, n_domains, rng)
@@ -233,6 +266,8 @@ def synthetic_slice(
         labels, domain_of = _mixed_domains(xy, n_domains, rng)
 
     types = _cell_types(labels, n_domains, mixing, aux) if mixing > 0 else labels
+    if expression_map is not None:
+        types = expression_map[types]
     effect = _program_effect(xy, programs, program_strength, n_genes, aux) if programs > 0 else None
     X, marker_of = _expression(
         labels, n_genes, n_domains, rng,
@@ -243,7 +278,7 @@ def synthetic_slice(
     frame = float(xy.max()) + margin  # square full-res frame; tissue starts at the margin
     size = image_size or int(min(MAX_LOWRES, max(64, round(frame * mpp * LOWRES_PX_PER_PITCH / PITCH))))
     lowres_scalef = size / frame
-    spot_diameter = SPOT_DIAMETER if legacy else (CELL_DIAMETER_UM if layout == "cells" else BIN_SIZE_UM) / mpp
+    spot_diameter = SPOT_DIAMETER * spot_scale if legacy else (CELL_DIAMETER_UM if layout == "cells" else BIN_SIZE_UM) / mpp
     scalefactors = {
         "tissue_lowres_scalef": lowres_scalef,
         "tissue_hires_scalef": max(lowres_scalef, min(1.0, MAX_LOWRES / frame)),
@@ -255,16 +290,19 @@ def synthetic_slice(
     if layout == "bins":
         scalefactors["bin_size_um"] = BIN_SIZE_UM
     images = {}
+    looks_like = domain_of if image_signal == "domains" else _control_image(image_signal, xy, labels, n_domains, mpp, seed)
     if image or hires:
         palette = _palette(n_domains, rng)
+        if morphology_map is not None:
+            palette = (palette[0][morphology_map], palette[1][morphology_map])
     if image:
-        images["lowres"] = _paint_he(domain_of, in_tissue, palette, size, lowres_scalef, rng)
+        images["lowres"] = _paint_he(looks_like, in_tissue, palette, size, lowres_scalef, rng)
     if hires:
         side = hires_size or int(min(MAX_HIRES, max(64, round(frame * mpp / HIRES_MICRONS_PER_PX))))
         scalefactors["tissue_hires_scalef"] = side / frame
-        nuclei = (xy, types) if layout == "cells" else None
+        nuclei = (xy, types if image_signal == "domains" else looks_like(xy[:, 0], xy[:, 1])) if layout == "cells" else None
         images["hires"] = _paint_hires(
-            domain_of, in_tissue, palette, side, side / frame, mpp, nuclei, np.random.default_rng([seed, 2])
+            looks_like, in_tissue, palette, side, side / frame, mpp, nuclei, np.random.default_rng([seed, 2])
         )
 
     names = [f"domain_{d}" for d in range(n_domains)]
@@ -304,6 +342,10 @@ def synthetic_slice(
                 "mixing": float(mixing),
                 "programs": int(programs),
                 "program_strength": float(program_strength),
+                **({"expression_of": expression_map.tolist()} if expression_map is not None else {}),
+                **({"morphology_of": morphology_map.tolist()} if morphology_map is not None else {}),
+                **({"spot_scale": float(spot_scale)} if spot_scale != 1.0 else {}),
+                **({"image_signal": image_signal} if image_signal != "domains" else {}),
             },
         }
     }
@@ -344,6 +386,44 @@ def _check_model(
         raise ValueError(f"programs={programs}, program_strength={strength}; use programs >= 0 and strength >= 0.")
     if hires_size is not None and not 16 <= hires_size <= MAX_HIRES:
         raise ValueError(f"hires_size={hires_size}; use 16 to {MAX_HIRES} px (or None for the default).")
+
+
+def _domain_map(mapping: Sequence[int] | None, k: int, name: str) -> np.ndarray | None:
+    """``expression_of`` / ``morphology_of`` checked: one domain index in [0, k) per domain."""
+    if mapping is None:
+        return None
+    arr = np.asarray(mapping)
+    if arr.shape != (k,) or not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= k:
+        raise ValueError(f"{name}={list(np.ravel(mapping))!r}: give one domain index in 0..{k - 1} per domain "
+                         f"({k} entries), e.g. {list(range(k - 1)) + [k - 2]} to make the last two domains share it.")
+    return arr.astype(np.int64)
+
+
+def _control_image(kind: str, xy: np.ndarray, labels: np.ndarray, k: int, mpp: float, seed: int) -> RegionFn:
+    """The domain whose appearance each image position takes in a control image (``image_signal``)."""
+    rng = np.random.default_rng([seed, 3])  # its own stream: the counts stay those of image_signal="domains"
+    if kind == "shuffled":
+        from scipy.spatial import cKDTree
+
+        tree, shuffled = cKDTree(xy), rng.permutation(labels)
+
+        def looks_like(px, py):
+            return shuffled[tree.query(np.column_stack([np.ravel(px), np.ravel(py)]))[1]].reshape(np.shape(px))
+
+        return looks_like
+    table = rng.integers(0, k, size=4099)
+    block = 4.0 / mpp  # 4 µm blocks, in full-res pixels
+
+    def looks_like(px, py):
+        bx, by = np.floor(np.asarray(px) / block).astype(np.int64), np.floor(np.asarray(py) / block).astype(np.int64)
+        return table[(bx * 7919 + by * 104729) % len(table)]
+
+    return looks_like
+
+
+def _scaled_region(fn: RegionFn, factor: float) -> RegionFn:
+    """A region function of the original full-res pixels, asked in pixels ``factor`` times larger."""
+    return lambda px, py: fn(px / factor, py / factor)
 
 
 def _marker_range(strength: float | Sequence[float]) -> tuple[float, float]:

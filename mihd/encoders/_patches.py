@@ -76,8 +76,12 @@ def patch_geometry(scalefactors: dict, images: dict, *, context: float = 2.0, pr
     )
 
 
+MAX_SUPERSAMPLE = 4  # at most 4 x 4 samples averaged per output pixel
+
+
 def extract_patches(
-    image: np.ndarray, centers_xy: np.ndarray, side_px: float, *, out_px: int = 16, fill: float = 1.0
+    image: np.ndarray, centers_xy: np.ndarray, side_px: float, *, out_px: int = 16, fill: float = 1.0,
+    antialias: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bilinearly sample square patches centred on spots.
 
@@ -97,6 +101,13 @@ def extract_patches(
         ``out_px x out_px`` grid so every image resolution yields the same shape.
     fill
         Value for samples outside the image (1.0 = white, like glass).
+    antialias
+        When a patch covers more image pixels than ``out_px`` (a 200 µm legacy-ST spot on a 1 µm
+        hires image: 14 image pixels per output pixel), each output pixel is the mean of up to
+        ``4 x 4`` bilinear samples spread over its footprint instead of one point sample, which
+        would hit a nucleus or miss it at random. On a synthetic legacy-ST slice whose morphology
+        carries two domains, point sampling left the image too noisy to split them (refined ARI
+        0.72), area sampling did (``benchmarks/image/README.md``).
 
     Returns
     -------
@@ -106,6 +117,11 @@ def extract_patches(
         ``(B,)`` bool, True where part of the patch fell outside the image (padded).
     """
     centers_xy = np.asarray(centers_xy, dtype=np.float64)
+    factor = int(min(MAX_SUPERSAMPLE, np.ceil(side_px / out_px - 1e-9))) if antialias else 1
+    if factor > 1:  # sample a factor-times finer grid, then average factor x factor blocks
+        fine, outside = extract_patches(image, centers_xy, side_px, out_px=out_px * factor, fill=fill, antialias=False)
+        b = fine.shape[0]
+        return fine.reshape(b, out_px, factor, out_px, factor, -1).mean((2, 4)).astype(np.float32), outside
     h, w = image.shape[:2]
     scale = 1.0 / 255.0 if image.dtype == np.uint8 else 1.0
     # Pixel centres sit at integer indices; offsets span the physical side.

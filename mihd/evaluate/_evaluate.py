@@ -37,6 +37,7 @@ RESULT_COLUMNS = (
      "device", "epochs"]
     + [f"{s}_before" for s in _SCORES]
     + [f"{s}_after" for s in _SCORES]
+    + ["image_weight", "image_agreement", "image_share"]
     + ["wall_seconds", "train_seconds", "prepare_seconds", "cluster_seconds", "peak_rss_mib", "error", "run_dir"]
 )
 
@@ -66,6 +67,9 @@ def _row(run: PlannedRun) -> dict:
             prepare_seconds=t.get("prepare"), cluster_seconds=t.get("cluster"),
             peak_rss_mib=m.get("memory", {}).get("peak_rss_mib"),
         )
+        image = m.get("image") or {}  # absent: no image, or a fusion that never sees it (genes_only)
+        row.update(image_weight=image.get("weight", math.nan), image_agreement=image.get("agreement", math.nan),
+                   image_share=image.get("share", math.nan))
         for stage, suffix in (("before_refinement", "before"), ("after_refinement", "after")):
             for s in _SCORES:
                 row[f"{s}_{suffix}"] = m["scores"][stage].get(s, math.nan)

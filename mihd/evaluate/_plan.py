@@ -144,12 +144,23 @@ def _slice_overrides(entry) -> list[str]:
     if isinstance(entry, dict):
         entry = dict(entry)
         out = [f"data={entry.pop('data', 'visium')}"]
-        return out + [f"data.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in entry.items()]
+        return out + [f"data.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in _flatten(entry)]
     text = str(entry)
     if ":" in text:
         dataset, slice_id = text.split(":", 1)
         return [f"data={dataset}", f"data.slice='{slice_id}'"]
     return [f"data={text}"]
+
+
+def _flatten(mapping: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested mappings as dotted keys: ``{generator: {seed: 1}}`` -> ``[("generator.seed", 1)]``."""
+    out = []
+    for k, v in mapping.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
 
 
 def _train_overrides(eval_cfg, extra: list[str]) -> list[str]:
@@ -335,6 +346,15 @@ def _inspect(data_cfg: dict) -> dict:
         return {"path": "bundled example", "kind": "visium", "has_coords": True, "has_image": True, "problems": []}
     kwargs = {"bin_size": int(data_cfg["bin_size"])} if data_cfg.get("bin_size") is not None else {}
     info = inspect_slice(data_cfg["path"], annotation=data_cfg.get("annotation"), **kwargs)
+    if data_cfg.get("pool") not in (None, False):  # data.pool: mihd.data.pool_spots, on a Visium hex grid only
+        from ..data._pool import pool_options
+
+        try:
+            pool_options(data_cfg["pool"])
+        except ValueError as err:
+            info["problems"].append(str(err))
+        if info["kind"] in ("visium_hd", "xenium"):
+            info["problems"].append(f"data.pool needs a Visium hexagonal spot grid; {info['path']} is {info['kind']} data.")
     if data_cfg.get("root") and not Path(str(data_cfg["path"])).expanduser().exists():
         info["problems"] = [p + f" (data.root={data_cfg['root']}; set MIHD_DATA_DIR to the folder that holds it, "
                             "or data.root=...)" for p in info["problems"]]

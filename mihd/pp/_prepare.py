@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PreparedInputs", "prepare_inputs", "data_fingerprint", "slide_images"]
 
-CACHE_VERSION = 2  # 2: patch sampling by pixel gather (full-res TIFF support)
+CACHE_VERSION = 3  # 2: patch sampling by pixel gather (full-res TIFF support); 3: area (anti-aliased) sampling
 
 
 @dataclass

@@ -93,6 +93,7 @@ def check_config(cfg) -> int:
     _positive_int(cfg, "seed", minimum=0, default=0, hint="the seed of the model, batch order and clustering, e.g. seed=0")
     n_domains = _positive_int(cfg, "data.n_domains", minimum=2, hint="the number of spatial domains K to find, e.g. data.n_domains=7")
     _positive_int(cfg, "trainer.max_epochs", minimum=1, default=200)
+    _positive_int(cfg, "trainer.min_steps", minimum=0, default=0, hint="optimiser steps at least, whatever the slice size")
     if _cfg_get(cfg, "trainer.batch_size") is not None:
         _positive_int(cfg, "trainer.batch_size", minimum=1, hint="spots per step, or null for the full slice")
     _positive_int(cfg, "out_dim", minimum=2, default=DEFAULT_OUT_DIM)
@@ -126,6 +127,8 @@ def check_config(cfg) -> int:
     if trend != "none" and _cfg_get(cfg, "cluster.method", "gmm") != "gmm":
         raise ValueError(f"cluster.spatial_trend={trend!r} is a gmm option; with cluster.method="
                          f"{_cfg_get(cfg, 'cluster.method')!r} set cluster.spatial_trend=none or use cluster=gmm.")
+    image_weight_setting(cfg)
+    _bool_setting(cfg, "encoder.permute_image", False)
     space = _cfg_get(cfg, "cluster.space", "embedding")
     if space not in ("embedding", "reconstruction"):
         raise ValueError(f"cluster.space={space!r}; use 'embedding' or 'reconstruction'.")
@@ -291,10 +294,18 @@ def _positive_int(cfg, key: str, *, minimum: int, default=None, hint: str = "") 
 
 
 def load_slice(data_cfg):
-    """Read the slice a ``data`` config describes (the bundled example when ``path`` is null)."""
+    """Read the slice a ``data`` config describes (the bundled example when ``path`` is null), pooled
+    into coarse pseudo-spots (`mihd.data.pool_spots`) when ``data.pool`` is set."""
     from ..data import dlpfc_151673, read_slice
+    from ..data._pool import pool_options
     from ..data._validate import check_slice
 
+    pool = _cfg_get(data_cfg, "pool")
+    pool = pool_options(pool if isinstance(pool, bool) or pool is None else _to_dict(pool))  # checked before reading
+    if pool is not None:
+        from ..data import pool_spots
+
+        return pool_spots(load_slice({**_to_dict(data_cfg), "pool": None}), **pool)
     path = _cfg_get(data_cfg, "path")
     annotation = _cfg_get(data_cfg, "annotation")
     key = _cfg_get(data_cfg, "annotation_key", "ground_truth")  # where a table's labels go
@@ -461,6 +472,14 @@ def _fit(plan, dm, cfg, device, run_dir: Path | None, progress: bool) -> dict:
     import pytorch_lightning as pl
 
     max_epochs = int(_cfg_get(cfg, "trainer.max_epochs", 200))
+    steps_per_epoch = -(-dm.n // dm.batch_size)
+    min_steps = int(_cfg_get(cfg, "trainer.min_steps", 0))
+    if steps_per_epoch * max_epochs < min_steps:
+        # A small slice (a legacy-ST section of a few hundred spots) has one step per epoch: train
+        # for steps, not epochs (benchmarks/image/README.md: 60 steps left the decoded image underfit).
+        max_epochs = -(-min_steps // steps_per_epoch)
+        log.info("%d spots make %d step(s) per epoch: %d epochs for trainer.min_steps=%d", dm.n, steps_per_epoch,
+                 max_epochs, min_steps)
     callbacks, logger = [], False
     ckpt = None
     if run_dir is not None:
@@ -561,6 +580,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     from ..data._validate import check_slice
     from ..fusion import forward_fusion
     from ..graph import knn_indices
+    from ..joint import joint_mixture
     from ..metrics import score_labels
     from ..refine import refine_labels
     from ._datamodule import SpotDataModule
@@ -601,6 +621,10 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     log.info("features %s in %.1f s: %s", "loaded from the cache" if prepared.meta.get("cache_hit") else "computed",
              prep_seconds, ", ".join(f"{m} {x.shape[1]}" for m, x in prepared.features.items()))
     features = _standardise(prepared.features, gene_scaling(cfg))
+    if _bool_setting(cfg, "encoder.permute_image", False) and "image" in features:
+        # A null control (benchmarks/image): each spot gets another spot's image features, fixed permutation.
+        features["image"] = features["image"][np.random.default_rng([0, adata.n_obs]).permutation(adata.n_obs)]
+        log.info("encoder.permute_image=true: image features permuted across spots (a null control)")
 
     # ---- spatial neighbours for input smoothing (cKDTree, or the grid engine at HD scale)
     k_spatial = spatial_neighbors(cfg, adata)
@@ -623,6 +647,12 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
             # information (benchmarks/dev/README.md, "Multi-scale context").
             wide = knn_indices(prepared.coords, min(int(context_k), adata.n_obs - 1), include_self=True)
             features["gene"] = np.hstack([features["gene"], _neighbourhood_mean(unsmoothed_gene, wide)])
+    # ---- how much the image counts (mihd.joint): from the agreement of each modality's own domains
+    gene_partition, image_info = None, None
+    cluster_options = _to_dict(_cfg_get(cfg, "cluster.options"))
+    gmm_options = cluster_options if method == "gmm" else {}
+    if "image" in features and info.trainable:
+        features, gene_partition, image_info = _weigh_image(cfg, features, n_domains, seed, gmm_options)
     dims = {m: int(x.shape[1]) for m, x in features.items()}
     coords = _normalise_coords(prepared.coords) if has_coords else None
     graph_neighbors = neighbors[:, 1:] if info.needs_neighborhood else None
@@ -639,7 +669,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
             dims,
             out_dim=out_dim,
             needs_coords=info.needs_coords,
-            modality_weights={m: w for m, w in _to_dict(_cfg_get(cfg, "trainer.modality_weights")).items() if m in dims},
+            modality_weights=_modality_weights(cfg, dims, image_info),
             lr=float(_cfg_get(cfg, "trainer.lr", 2e-3)),
             weight_decay=float(_cfg_get(cfg, "trainer.weight_decay", 1e-4)),
         )
@@ -660,31 +690,65 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         dm = SpotDataModule(features, coords=coords, neighbors=graph_neighbors)
 
     # ---- embedding (inference in batches)
-    emb, rec = [], []
+    decoded = [m for m in ("gene", "image") if plan is not None and m in plan.decoders]
+    emb, rec, moved = [], {m: [] for m in decoded}, []
     with torch.no_grad():
         for batch in dm.predict_batches():
             batch = _to_device(batch, device)
-            z = forward_fusion(fusion, {m: batch[m] for m in dims}, batch.get("coords"), batch.get("neighborhood"))
+            inputs = {m: batch[m] for m in dims}
+            z = forward_fusion(fusion, inputs, batch.get("coords"), batch.get("neighborhood"))
             emb.append(z.float().cpu().numpy())
-            if plan is not None and "gene" in plan.decoders:
-                rec.append(plan.decoders["gene"](z).float().cpu().numpy())
+            for m in decoded:
+                rec[m].append(plan.decoders[m](z).float().cpu().numpy())
+            if "image" in dims:  # ablation: the same spots with the image at its mean (0 after scaling)
+                ablated = {**inputs, "image": torch.zeros_like(inputs["image"])}
+                neighborhood = batch.get("neighborhood")
+                if neighborhood is not None and "image" in neighborhood:
+                    neighborhood = {**neighborhood, "image": torch.zeros_like(neighborhood["image"])}
+                z0 = forward_fusion(fusion, ablated, batch.get("coords"), neighborhood)
+                moved.append((z - z0).float().cpu().numpy())
     emb = np.concatenate(emb)
+    rec = {m: np.concatenate(r) for m, r in rec.items()}
     emb_key = f"X_mihd_{info.name}"
     adata.obsm[emb_key] = emb
+    if image_info is not None:
+        # the image's share of the fused embedding: the variance of what replacing it by its mean
+        # moves, over the embedding's own variance (0: the fusion ignores the image)
+        image_info["share"] = (round(float((np.concatenate(moved) ** 2).sum() / max(((emb - emb.mean(0)) ** 2).sum(), 1e-12)), 4)
+                               if moved else 0.0)
     space = _cfg_get(cfg, "cluster.space", "embedding")
     to_cluster = emb
-    if space == "reconstruction" and rec:
-        adata.obsm[f"{emb_key}_reconstruction"] = to_cluster = np.concatenate(rec)
+    if space == "reconstruction" and "gene" in rec:
+        adata.obsm[f"{emb_key}_reconstruction"] = to_cluster = rec["gene"]
+    joint = image_info is not None and image_info["weight"] > 0 and space == "reconstruction" and "image" in rec
+    beta = image_info["weight"] if joint else 0.0
+    if joint and method != "gmm":  # other methods: the decoded image beside the genes, scaled by its weight
+        to_cluster = np.hstack([rec["gene"], np.sqrt(beta) * rec["image"] * rec["gene"].std() / max(rec["image"].std(), 1e-12)])
+        joint = False
 
     # ---- domains, refinement, scores (ground truth is read only here, to score)
     t0 = time.perf_counter()
     log.info("clustering the %s into %d domains (%s)", "reconstruction" if to_cluster is not emb else "embedding",
              n_domains, method)
-    cluster_options = _to_dict(_cfg_get(cfg, "cluster.options"))
     start = _cfg_get(cfg, "cluster.start", "free")
-    if start == "inputs" and method == "gmm" and plan is not None:
+    block_kw = {}
+    if joint:
+        # One mixture over both modalities: domains shared, the image's log-likelihood times its weight.
+        # Started at each modality's own partition of the inputs, then EM in the decoded (fused) space.
+        project = image_info["_project"]  # the image's leading principal components (mihd.joint.image_components)
+        rec_image = project(rec["image"])
+        to_cluster = np.hstack([rec["gene"], rec_image])
+        block_kw = {"block_sizes": [rec["gene"].shape[1], rec_image.shape[1]], "block_weights": [1.0, beta]}
+        n_init = cluster_options.get("n_init") or (10 if len(to_cluster) <= 50_000 else 3)
+        anchor, image_info["start"] = joint_mixture([features["gene"], project(features["image"])], [1.0, beta],
+                                                    [gene_partition, image_info["_image_partition"]], n_init=int(n_init),
+                                                    seed=seed, return_info=True)
+        labels = joint_mixture([rec["gene"], rec_image], [1.0, beta], [anchor], seed=seed)
+        start = "inputs (genes and image)"
+    elif start == "inputs" and method == "gmm" and plan is not None:
         # Anchor: the partition of the fusion's own (smoothed) gene inputs, then one EM in the fused space.
-        anchor = cluster_embedding(features["gene"], n_domains, method="gmm", seed=seed, **cluster_options)
+        anchor = gene_partition if gene_partition is not None else cluster_embedding(
+            features["gene"], n_domains, method="gmm", seed=seed, **cluster_options)
         labels = gmm_from_labels(to_cluster, anchor, seed=seed, **cluster_options)
     else:
         start = "free"
@@ -694,7 +758,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     if trend == "linear" and method == "gmm" and has_coords:
         # One EM more from that partition, with a linear gradient over the section shared by every domain.
         labels, trend_info = gmm_spatial_trend(to_cluster, prepared.coords, labels, seed=seed, return_info=True,
-                                               **cluster_options)
+                                               **cluster_options, **block_kw)
         log.info("spatial trend: %d EM steps, explains %.0f%% of the within-domain variation; domains %s "
                  "(6-NN coherence %.3f -> %.3f)", trend_info["n_iter"], 100 * trend_info["trend_share"],
                  "kept" if trend_info["kept"] else "not kept, it broke their spatial coherence",
@@ -743,11 +807,13 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         "spatial_smoothing": smooth,
         "spatial_neighbors": k_spatial,
         "cluster_start": start,
+        "image": image_info if image_info is None else {k: v for k, v in image_info.items() if not k.startswith("_")},
         "spatial_trend": {"kind": trend if trend_info is not None else "none", **(trend_info or {})},
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
     }
     adata.uns["mihd"] = {
-        "params": {"fusion": info.name, "seed": seed, "cluster": method, "n_domains": n_domains, "embedding_key": emb_key},
+        "params": {"fusion": info.name, "seed": seed, "cluster": method, "n_domains": n_domains, "embedding_key": emb_key,
+                   "image_weight": None if image_info is None else image_info["weight"]},
         "scores": {k: {m: float(v) for m, v in d.items()} for k, d in scores.items()},
     }
     metrics["timing_seconds"]["total"] = round(time.perf_counter() - t_start, 2)
@@ -759,6 +825,71 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         write_run(result, cfg, truth_key=truth_key if truth is not None else None)
         log.info("outputs written to %s in %.1f s", run_dir, time.perf_counter() - t0)
     return result
+
+
+def _bool_setting(cfg, key: str, default: bool) -> bool:
+    """A true/false option; anything else (``"no"``, ``1``) is refused, naming the key."""
+    value = _cfg_get(cfg, key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}={value!r}; use true or false.")
+    return value
+
+
+IMAGE_WEIGHTS = ("auto",)
+
+
+def image_weight_setting(cfg):
+    """``cluster.image_weight``: ``auto`` (from the modalities' agreement, `mihd.joint.image_weight`) or a
+    number in [0, 1] (0: the image is left out; 1: it counts as much as the genes)."""
+    value = _cfg_get(cfg, "cluster.image_weight", "auto")
+    if value in IMAGE_WEIGHTS:
+        return value
+    try:
+        number = float(value)
+        ok = not isinstance(value, bool) and 0.0 <= number <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"cluster.image_weight={value!r}; use auto (derived from how far the image's own domains agree "
+                         "with the genes') or a number in [0, 1] (0 leaves the image out, 1 weighs it as the genes).")
+    return number
+
+
+def _weigh_image(cfg, features: dict, n_domains: int, seed: int, gmm_options: dict):
+    """The image's weight in the joint mixture and the gene inputs' own partition (the clustering's start).
+
+    Returns the features (without the image when its weight is 0, so the run is the genes-only run
+    exactly), the gene partition and the record that goes into ``metrics.json["image"]``.
+    """
+    from ..cluster import cluster_embedding
+    from ..joint import image_components, image_weight
+
+    setting = image_weight_setting(cfg)
+    project = image_components(features["image"])
+    image_in = project(features["image"])
+    gene_partition = cluster_embedding(features["gene"], n_domains, method="gmm", seed=seed, **gmm_options)
+    image_partition = cluster_embedding(image_in, n_domains, method="gmm", seed=seed, **gmm_options)
+    beta, agreement = image_weight(gene_partition, image_partition)
+    if setting != "auto":
+        beta = float(setting)
+    record = {"setting": setting, "agreement": round(agreement, 4), "weight": round(beta, 4), "used": beta > 0,
+              "components": project.n_components, "_image_partition": image_partition, "_project": project}
+    log.info("image: its own domains agree with the genes' at AMI %.2f -> weight %.2f%s", agreement, beta,
+             "" if beta > 0 else " (left out: the run is the genes-only run)")
+    if beta <= 0:
+        features = {m: x for m, x in features.items() if m != "image"}
+        record["share"] = 0.0
+    return features, gene_partition, record
+
+
+def _modality_weights(cfg, dims: dict, image_info: dict | None) -> dict[str, float]:
+    """Reconstruction weights per modality: ``trainer.modality_weights``, the image's raised to its
+    joint-mixture weight when that is larger (a counted image must be reconstructed, not dropped)."""
+    weights = {m: float(w) for m, w in _to_dict(_cfg_get(cfg, "trainer.modality_weights")).items() if m in dims}
+    if image_info is not None and "image" in dims:
+        weights["image"] = max(weights.get("image", 1.0), float(image_info["weight"]))
+        image_info["loss_weight"] = weights["image"]
+    return weights
 
 
 def _to_device(batch, device):
