@@ -413,10 +413,10 @@ def depth_share(pcs: ArrayLike, totals: ArrayLike, *, of: str = "depth") -> floa
     if of == "depth" and n <= k + 1:
         raise ValueError(f"depth_share needs more spots than components + 1; got {n} spots and {k} components.")
     y = np.log(t)
+    if np.ptp(y) == 0:
+        return float("nan")
     y = y - y.mean()
     ss_y = float(y @ y)
-    if ss_y <= 0:
-        return float("nan")
     x = x - x.mean(0)
     if of == "pcs":
         ss_x = float((x * x).sum())

@@ -300,3 +300,26 @@ def test_the_run_folder_domain_map_matches_colours_to_the_truth_and_titles_its_s
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_the_image_section_shows_weight_share_and_gain_per_method_and_slice():
+    rows = []
+    for seed in range(3):
+        for variant, ari in (("default", 0.9), ("no_image", 0.7)):
+            rows.append(_row("gated", "synth", seed, ari + 0.01 * seed, variant=variant,
+                             image_weight=1.0 if variant == "default" else np.nan, image_agreement=0.7 if variant == "default" else np.nan,
+                             image_share=0.4 if variant == "default" else np.nan, depth_share=0.3, depth_share_pcs=0.1))
+        rows.append(_row("genes_only", "synth", seed, 0.6, variant="default", image_weight=np.nan, image_agreement=np.nan,
+                         image_share=np.nan, depth_share=0.3, depth_share_pcs=0.1))
+    md = summary_markdown(pd.DataFrame(rows))
+    section = md.split("## The image", 1)[1]
+    line = next(r for r in section.splitlines() if r.startswith("| gated |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:3] == ["gated", "synth", "1.00"] and "0.40" in cells and "+0.200" in cells  # gain = 0.91 - 0.71
+    assert "| genes_only |" not in section  # a method that never sees the image has no row
+    assert "## Datasets" in md and "0.30" in md.split("## Datasets", 1)[1]
+
+
+def test_no_image_section_without_image_columns(table):
+    md = summary_markdown(table)
+    assert "## The image" not in md and "## Datasets" not in md

@@ -300,39 +300,26 @@ def _sum_counts(assign, X):
 
 
 def _majority(values: pd.Series, rows, cols, centres) -> pd.Categorical:
-    """Majority label per pseudo-spot; NA where more than half of the pooled spots are unannotated."""
+    """Majority label per pseudo-spot (``rows``: pseudo-spot, ``cols``: pooled spot); NA where more than
+    half of the pooled spots are unannotated; ties go to the centre's label, then to category order."""
     from ..metrics import annotated_mask
 
-    cat = values.astype("category") if not isinstance(values.dtype, pd.CategoricalDtype) else values
-    categories = cat.cat.categories
+    cat = values.astype("category")
+    labels = cat.cat.categories
+    is_label = annotated_mask(np.asarray(labels, dtype=object))  # "NA", "" ... are no label of the result
+    remap = np.where(is_label, np.cumsum(is_label) - 1, -1)
     codes = cat.cat.codes.to_numpy().astype(np.int64)
-    codes[~annotated_mask(values.to_numpy())] = -1
-    # the NA strings ("NA", "") are no label of the result
-    labelled = [c for c in range(len(categories)) if not _is_na_category(categories[c])]
-    n_out = len(centres)
-    k = len(categories)
-    member_codes = codes[cols]
-    na = np.bincount(rows[member_codes < 0], minlength=n_out)
-    total = np.bincount(rows, minlength=n_out)
-    ok = member_codes >= 0
-    counts = np.zeros((n_out, max(k, 1)), dtype=np.float64)
-    np.add.at(counts, (rows[ok], member_codes[ok]), 1.0)
-    centre_code = codes[centres]
-    has_centre = centre_code >= 0
-    counts[np.flatnonzero(has_centre), centre_code[has_centre]] += 0.5  # ties: the centre's label
-    best = counts.argmax(1) if k else np.zeros(n_out, dtype=np.int64)
-    result = np.where((2 * na > total) | (counts.max(1) < 1), -1, best) if k else np.full(n_out, -1)
-    kept = [categories[c] for c in labelled]
-    remap = np.full(max(k, 1), -1, dtype=np.int64)
-    remap[labelled] = np.arange(len(labelled))
-    out_codes = np.where(result >= 0, remap[np.maximum(result, 0)], -1)
-    return pd.Categorical.from_codes(out_codes, categories=pd.Index(kept, dtype=categories.dtype if kept else object))
-
-
-def _is_na_category(value) -> bool:
-    from ..metrics import annotated_mask
-
-    return not bool(annotated_mask(np.asarray([value], dtype=object))[0])
+    codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)  # -1: unannotated
+    n_out, k = len(centres), int(is_label.sum())
+    member = codes[cols]
+    unannotated = np.bincount(rows[member < 0], minlength=n_out)
+    pooled = np.bincount(rows, minlength=n_out)
+    counts = np.zeros((n_out, max(k, 1)))
+    np.add.at(counts, (rows[member >= 0], member[member >= 0]), 1.0)
+    centre = codes[centres]
+    counts[np.flatnonzero(centre >= 0), centre[centre >= 0]] += 0.5
+    out = np.where((2 * unannotated > pooled) | (k == 0), -1, counts.argmax(1))
+    return pd.Categorical.from_codes(out, categories=labels[is_label])
 
 
 def _pitch_fullres(adata, q, r, order, keys) -> float | None:

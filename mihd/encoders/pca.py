@@ -193,6 +193,16 @@ class PCAGeneEncoder:
         """Raw counts in ``adata.X`` -> ``(N, n_comps)`` float32 principal components."""
         import scanpy as sc
 
+        X = self.pca_input(adata)
+        n_comps = min(self.n_comps, X.shape[1] - 1, X.shape[0] - 1)
+        pcs = sc.pp.pca(X.astype(np.float32), n_comps=n_comps, random_state=self.seed, zero_center=True)
+        return np.asarray(pcs, dtype=np.float32)
+
+    def pca_input(self, adata):
+        """The ``(N, genes kept)`` matrix the PCA centres and decomposes: normalised, log1p, the genes
+        selected, scaled and (with ``clip``) clipped; sparse when ``adata.X`` is."""
+        import scanpy as sc
+
         a = working_copy(adata)
         sc.pp.normalize_total(a, target_sum=self.target_sum)
         sc.pp.log1p(a)
@@ -208,8 +218,4 @@ class PCAGeneEncoder:
                 sc.pp.highly_variable_genes(a, n_top_genes=n_top, flavor="seurat")
                 a = a[:, a.var["highly_variable"].to_numpy()].copy()
         X = scale_genes(a.X, self.scale)
-        if self.clip is not None:
-            X = clip_centred(X, self.clip)
-        n_comps = min(self.n_comps, a.n_vars - 1, a.n_obs - 1)
-        pcs = sc.pp.pca(X.astype(np.float32), n_comps=n_comps, random_state=self.seed, zero_center=True)
-        return np.asarray(pcs, dtype=np.float32)
+        return clip_centred(X, self.clip) if self.clip is not None else X

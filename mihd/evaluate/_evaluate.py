@@ -37,7 +37,7 @@ RESULT_COLUMNS = (
      "device", "epochs"]
     + [f"{s}_before" for s in _SCORES]
     + [f"{s}_after" for s in _SCORES]
-    + ["image_weight", "image_agreement", "image_share"]
+    + ["image_weight", "image_agreement", "image_share", "depth_share", "depth_share_pcs"]
     + ["wall_seconds", "train_seconds", "prepare_seconds", "cluster_seconds", "peak_rss_mib", "error", "run_dir"]
 )
 
@@ -50,6 +50,10 @@ class EvaluationResult:
     table: object  # pandas.DataFrame
     files: dict
     n_failed: int
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _row(run: PlannedRun) -> dict:
@@ -70,6 +74,8 @@ def _row(run: PlannedRun) -> dict:
         image = m.get("image") or {}  # absent: no image, or a fusion that never sees it (genes_only)
         row.update(image_weight=image.get("weight", math.nan), image_agreement=image.get("agreement", math.nan),
                    image_share=image.get("share", math.nan))
+        depth = m.get("depth_share") or {}
+        row.update(depth_share=_number(depth.get("of_depth")), depth_share_pcs=_number(depth.get("of_pcs")))
         for stage, suffix in (("before_refinement", "before"), ("after_refinement", "after")):
             for s in _SCORES:
                 row[f"{s}_{suffix}"] = m["scores"][stage].get(s, math.nan)

@@ -86,11 +86,12 @@ class Plan:
 
     def table(self) -> str:
         """A fixed-width listing of the runs and their status (for ``mihd evaluate --plan``)."""
-        head = f"{'#':>4}  {'slice':<16}{'fusion':<18}{'encoder':<12}{'cluster':<10}{'variant':<12}{'seed':>5}  {'key':<14}status"
+        w = max([16] + [len(r.slice) + 2 for r in self.runs])  # e.g. dlpfc_pooled_151673
+        head = f"{'#':>4}  {'slice':<{w}}{'fusion':<18}{'encoder':<12}{'cluster':<10}{'variant':<12}{'seed':>5}  {'key':<14}status"
         lines = [head]
         for i, r in enumerate(self.runs, 1):
             lines.append(
-                f"{i:>4}  {r.slice:<16}{r.fusion:<18}{r.encoder:<12}{r.cluster:<10}{r.variant:<12}{r.seed:>5}  "
+                f"{i:>4}  {r.slice:<{w}}{r.fusion:<18}{r.encoder:<12}{r.cluster:<10}{r.variant:<12}{r.seed:>5}  "
                 f"{r.key:<14}{r.status()}"
             )
         counts = {s: sum(r.status() == s for r in self.runs) for s in ("done", "failed", "todo")}

@@ -151,6 +151,9 @@ def summary_markdown(table: pd.DataFrame, *, title: str = "mihd evaluate", comma
         "ARI and NMI are after spatial refinement; ground-truth labels are used only for scoring; "
         "the spread (±) is the standard deviation over seeds.",
     ]
+    datasets = datasets_markdown(table)
+    if datasets:
+        parts += ["", datasets]
     image = image_markdown(table)
     if image:
         parts += ["", image]
@@ -158,6 +161,20 @@ def summary_markdown(table: pd.DataFrame, *, title: str = "mihd evaluate", comma
         errors = [str(e).strip().splitlines()[0] if pd.notna(e) and str(e).strip() else _MISSING for e in failed["error"]]
         parts += ["", "## Failed runs", "", _markdown_table(pd.DataFrame({"run_id": failed["run_id"], "error": errors}))]
     return "\n".join(parts) + "\n"
+
+
+def datasets_markdown(table: pd.DataFrame) -> str:
+    """Per slice: spots and the depth share of its gene PCs (R² of log total counts on them, and the share of
+    the PCs' variance that log depth explains); "" when the table has no depth columns."""
+    if "depth_share" not in table or not table["depth_share"].notna().any():
+        return ""
+    ok = _ok_runs(table)
+    rows = []
+    for slice_name, runs in ok.groupby("slice", sort=False):
+        rows.append({"slice": slice_name, "spots": _fmt(runs["n_spots"].median(), 0) if "n_spots" in runs else _MISSING,
+                     "depth share (R² of log depth on the gene PCs)": _fmt(runs["depth_share"].median(), 2),
+                     "PC variance explained by depth": _fmt(runs["depth_share_pcs"].median(), 2)})
+    return "\n".join(["## Datasets", "", _markdown_table(pd.DataFrame(rows))])
 
 
 NO_IMAGE_VARIANT = "no_image"  # a variant with encoder.image=none: the image gain is ARI(method) - ARI(method [no_image])

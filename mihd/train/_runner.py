@@ -620,6 +620,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     prep_seconds = time.perf_counter() - t0
     log.info("features %s in %.1f s: %s", "loaded from the cache" if prepared.meta.get("cache_hit") else "computed",
              prep_seconds, ", ".join(f"{m} {x.shape[1]}" for m, x in prepared.features.items()))
+    depth = _depth_shares(prepared.features["gene"], adata)
     features = _standardise(prepared.features, gene_scaling(cfg))
     if _bool_setting(cfg, "encoder.permute_image", False) and "image" in features:
         # A null control (benchmarks/image): each spot gets another spot's image features, fixed permutation.
@@ -806,6 +807,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         "modalities": dims,
         "spatial_smoothing": smooth,
         "spatial_neighbors": k_spatial,
+        "depth_share": depth,
         "cluster_start": start,
         "image": image_info if image_info is None else {k: v for k, v in image_info.items() if not k.startswith("_")},
         "spatial_trend": {"kind": trend if trend_info is not None else "none", **(trend_info or {})},
@@ -825,6 +827,19 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
         write_run(result, cfg, truth_key=truth_key if truth is not None else None)
         log.info("outputs written to %s in %.1f s", run_dir, time.perf_counter() - t0)
     return result
+
+
+def _depth_shares(gene_pcs: np.ndarray, adata) -> dict:
+    """How much the gene features track sequencing depth (`mihd.metrics.depth_share`): ``of_depth``, the R²
+    of log total counts on the gene PCs; ``of_pcs``, the share of the PCs' variance that log depth explains."""
+    from ..metrics import depth_share
+
+    totals = np.asarray(adata.X.sum(axis=1), dtype=np.float64).ravel()
+    # too few spots to regress on every component, or a zero total: not defined
+    if not (totals > 0).all() or gene_pcs.shape[0] != totals.shape[0] or gene_pcs.shape[0] <= gene_pcs.shape[1] + 1:
+        return {"of_depth": None, "of_pcs": None}
+    return {of_: round(float(depth_share(gene_pcs, totals, of="depth" if of_ == "of_depth" else "pcs")), 4)
+            for of_ in ("of_depth", "of_pcs")}
 
 
 def _bool_setting(cfg, key: str, default: bool) -> bool:
