@@ -91,8 +91,11 @@ def test_report_writes_every_section(compare, tmp_path):
 def test_the_dev_set_experiment_covers_both_platforms_every_fusion_five_seeds():
     cfg = compose("evaluate", ["experiment=dev_set"])
     assert list(cfg.slices) == ["dlpfc:151673", "dlpfc:151674", "dlpfc:151675", "dlpfc:151676",
-                                "starmap_mpfc:BZ5", "starmap_mpfc:BZ9", "starmap_mpfc:BZ14"]
+                                "starmap_mpfc:BZ5", "starmap_mpfc:BZ9", "starmap_mpfc:BZ14",
+                                "dlpfc_pooled:151673", "dlpfc_pooled:151674", "dlpfc_pooled:151675", "dlpfc_pooled:151676"]
     assert list(cfg.seeds) == [0, 1, 2, 3, 4] and cfg.fusions == "all"
+    variants = {v if isinstance(v, str) else v["name"] for v in cfg.variants}
+    assert variants == {"default", "raw", "no_image", "permuted_image"}
 
 
 def test_the_dev_set_plan_resolves_every_dataset(data_dir, tmp_path, monkeypatch):
@@ -106,4 +109,22 @@ def test_the_dev_set_plan_resolves_every_dataset(data_dir, tmp_path, monkeypatch
     monkeypatch.setenv("MIHD_DATA_DIR", str(data_dir))
     plan = build_plan(compose("evaluate", ["experiment=dev_set", "seeds=[0]", "fusions=[genes_only]", f"out_dir={tmp_path}"]))
     assert sorted({r.slice for r in plan.runs}) == sorted(
-        ["dlpfc_151673", "dlpfc_151674", "dlpfc_151675", "dlpfc_151676", "starmap_BZ5", "starmap_BZ9", "starmap_BZ14"])
+        ["dlpfc_151673", "dlpfc_151674", "dlpfc_151675", "dlpfc_151676", "starmap_BZ5", "starmap_BZ9", "starmap_BZ14",
+         "dlpfc_pooled_151673", "dlpfc_pooled_151674", "dlpfc_pooled_151675", "dlpfc_pooled_151676"])
+
+
+def test_issue25_lines_name_losses_the_worst_dataset_and_the_image_gain(compare):
+    table = _table({"gated": {"dlpfc_151673": [0.61] * 3, "dlpfc_151674": [0.55] * 3, "dlpfc_pooled_151673": [0.42] * 3}})
+    table["depth_share"] = table["slice"].map({"dlpfc_151673": 0.98, "dlpfc_151674": 0.97, "dlpfc_pooled_151673": 0.91})
+    table["image_weight"], table["image_share"] = 0.0, 0.0
+    extra = table[table["slice"] == "dlpfc_151673"].copy()
+    for variant, ari in (("no_image", 0.60), ("permuted_image", 0.605)):
+        rows = extra.assign(variant=variant, ari_after=ari, run_id=lambda t, v=variant: t["run_id"] + v)
+        table = pd.concat([table, rows], ignore_index=True)
+    stats = compare.per_dataset(table[table["variant"] == "default"])
+    lines = compare.issue25(table, stats, "gated")
+    assert any(x.startswith("- dlpfc_151673") and "holds" in x for x in lines)
+    assert any(x.startswith("- dlpfc_151674") and "LOSES" in x for x in lines)  # 0.55 < 0.577 - 0.01
+    assert any("worst dataset of `gated`: dlpfc_pooled_151673 0.420 (depth share of its gene PCs 0.91)" in x for x in lines)
+    row = next(x for x in lines if x.startswith("| dlpfc_151673 | gated |"))
+    assert "+0.010" in row and "+0.005" in row  # gain 0.61 - 0.60, permuted - without 0.605 - 0.60

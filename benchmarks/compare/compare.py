@@ -45,6 +45,11 @@ ISSUE_STARMAP = ("BANKSY", 0.693)  # mean over the three STARmap sections
 # GraphST in the issue's table, per DLPFC slice (its mean over the four is adaln_attention's bar).
 ISSUE_GRAPHST = {"dlpfc_151673": 0.598, "dlpfc_151674": 0.543, "dlpfc_151675": 0.476, "dlpfc_151676": 0.562}
 MAIN_FUSION = "adaln_attention"  # the strategy the design card and the README's first command name
+# Issue 25: the default's refined ARI before it (gated, seeds 0-4, commit 3e5e978); each dev dataset must stay
+# within NO_LOSS of it.
+BEFORE_ISSUE25 = {"dlpfc_151673": 0.614, "dlpfc_151674": 0.577, "dlpfc_151675": 0.597, "dlpfc_151676": 0.566,
+                  "starmap_BZ5": 0.756, "starmap_BZ9": 0.775, "starmap_BZ14": 0.783}
+NO_LOSS = 0.01
 
 
 def default_fusion() -> str:
@@ -151,6 +156,47 @@ def _main_fusion_line(stats: pd.DataFrame) -> list[str]:
             f"(per slice the higher of the issue's run and this report's own runs; own runs on {len(own)}/4 slices)"]
 
 
+def issue25(table: pd.DataFrame, stats: pd.DataFrame, default: str) -> list[str]:
+    """Issue 25's lines: no loss on the development datasets, the default's worst dataset (pooled sections
+    included) with the depth share of the gene PCs, and per fusion and dataset the image gain (with - without)
+    and the permuted-image null (permuted - without)."""
+    lines = []
+    mine = stats[stats["method"] == default].set_index("slice")
+    for sl, before in BEFORE_ISSUE25.items():
+        if sl not in mine.index:
+            lines.append(f"- {sl}: no finished run of `{default}`")
+            continue
+        now = mine.loc[sl, "ari_mean"]
+        verdict = "holds" if now >= before - NO_LOSS else "LOSES"
+        lines.append(f"- {sl}: `{default}` {now:.3f} ± {mine.loc[sl, 'ari_sd']:.3f} vs {before:.3f} before: no loss beyond "
+                     f"{NO_LOSS} {verdict}")
+    ok = table[table["status"] == "ok"]
+    depth = ok.groupby("slice")["depth_share"].median() if "depth_share" in ok else pd.Series(dtype=float)
+    if len(mine):
+        worst = mine["ari_mean"].idxmin()
+        lines.append(f"- worst dataset of `{default}`: {worst} {mine.loc[worst, 'ari_mean']:.3f} "
+                     f"(depth share of its gene PCs {depth.get(worst, np.nan):.2f})")
+    shares = ", ".join(f"{sl} {v:.2f}" for sl, v in depth.items() if np.isfinite(v))
+    lines.append(f"- depth share of the gene PCs (R² of log UMI on the 30 PCs), per dataset: {shares}")
+    variant = ok["variant"].fillna("default")
+    rows = []
+    for (sl, fusion), runs in ok.groupby(["slice", "fusion"], sort=False):
+        v = variant.loc[runs.index]
+        means = {name: runs.loc[v == name, "ari_after"].mean() for name in ("default", "no_image", "permuted_image")}
+        if not np.isfinite(means["no_image"]):
+            continue
+        base = runs[v == "default"]
+        image = {c: base[c].mean() if c in base else np.nan for c in ("image_weight", "image_share")}
+        rows.append({"dataset": sl, "fusion": fusion, "with image": means["default"], "without": means["no_image"],
+                     "gain": f"{means['default'] - means['no_image']:+.3f}",
+                     "permuted - without": f"{means['permuted_image'] - means['no_image']:+.3f}" if np.isfinite(means["permuted_image"]) else "–",
+                     "image weight": image["image_weight"], "image share": image["image_share"]})
+    if rows:
+        lines += ["", "Image gain and the permuted-image null (refined ARI, mean over seeds):", ""]
+        lines += _table(pd.DataFrame(rows)).splitlines()
+    return lines
+
+
 def _table(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -163,8 +209,9 @@ def report(table: pd.DataFrame, *, command: str, default: str) -> str:
     stats = per_dataset(table)
     slices = list(pd.unique(table["slice"]))
     parts = ["# mihd and the peers on the development set", "", "```", command, "```", "",
-             f"Refined ARI / NMI (NA spots unscored), mean ± sd over seeds; K = 7 on DLPFC, 4 on STARmap. "
+             f"Refined ARI / NMI (NA spots unscored), mean ± sd over seeds; K = 7 on DLPFC (pooled too), 4 on STARmap. "
              f"The default fusion (`mihd train` without `fusion=`) is **{default}**. Ground truth is read only to score.", ""]
+    parts += ["## Acceptance lines (issue 25), computed from the tables below", ""] + issue25(table, stats, default) + [""]
     parts += ["## Acceptance lines (issue 16), computed from the tables below", ""] + acceptance(stats, default) + [""]
     parts += ["## Pooled over datasets", "", _table(pooled(stats, table, slices)), ""]
     for sl in slices:

@@ -883,8 +883,12 @@ def _weigh_image(cfg, features: dict, n_domains: int, seed: int, gmm_options: di
     project = image_components(features["image"])
     image_in = project(features["image"])
     gene_partition = cluster_embedding(features["gene"], n_domains, method="gmm", seed=seed, **gmm_options)
-    image_partition = cluster_embedding(image_in, n_domains, method="gmm", seed=seed, **gmm_options)
-    beta, agreement = image_weight(gene_partition, image_partition)
+    # The weight is a property of the slice, not of the run: both partitions it compares are taken at
+    # seed 0, so every seed of a slice weighs the image alike.
+    image_partition = cluster_embedding(image_in, n_domains, method="gmm", seed=0, **gmm_options)
+    gene_at_0 = gene_partition if seed == 0 else cluster_embedding(features["gene"], n_domains, method="gmm", seed=0,
+                                                                   **gmm_options)
+    beta, agreement = image_weight(gene_at_0, image_partition)
     if setting != "auto":
         beta = float(setting)
     record = {"setting": setting, "agreement": round(agreement, 4), "weight": round(beta, 4), "used": beta > 0,
