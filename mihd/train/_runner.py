@@ -692,7 +692,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
 
     # ---- embedding (inference in batches)
     decoded = [m for m in ("gene", "image") if plan is not None and m in plan.decoders]
-    emb, rec, moved = [], {m: [] for m in decoded}, []
+    emb, rec, moved = [], {m: [] for m in decoded}, None
     with torch.no_grad():
         for batch in dm.predict_batches():
             batch = _to_device(batch, device)
@@ -707,7 +707,7 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
                 if neighborhood is not None and "image" in neighborhood:
                     neighborhood = {**neighborhood, "image": torch.zeros_like(neighborhood["image"])}
                 z0 = forward_fusion(fusion, ablated, batch.get("coords"), neighborhood)
-                moved.append((z - z0).float().cpu().numpy())
+                moved = (0.0 if moved is None else moved) + float(((z - z0).double() ** 2).sum())
     emb = np.concatenate(emb)
     rec = {m: np.concatenate(r) for m, r in rec.items()}
     emb_key = f"X_mihd_{info.name}"
@@ -715,8 +715,8 @@ def train(cfg, *, adata=None, progress: bool | None = None, write: bool = True) 
     if image_info is not None:
         # the image's share of the fused embedding: the variance of what replacing it by its mean
         # moves, over the embedding's own variance (0: the fusion ignores the image)
-        image_info["share"] = (round(float((np.concatenate(moved) ** 2).sum() / max(((emb - emb.mean(0)) ** 2).sum(), 1e-12)), 4)
-                               if moved else 0.0)
+        image_info["share"] = (round(moved / max(float(((emb - emb.mean(0)) ** 2).sum()), 1e-12), 4)
+                               if moved is not None else 0.0)
     space = _cfg_get(cfg, "cluster.space", "embedding")
     to_cluster = emb
     if space == "reconstruction" and "gene" in rec:
