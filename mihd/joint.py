@@ -36,7 +36,7 @@ __all__ = ["AGREEMENT_RANGE", "image_weight", "image_components", "block_covaria
 
 #: Modality agreement (AMI of the per-modality partitions) mapped linearly onto beta: at or below the
 #: first value the image is left out (beta 0), at or above the second it counts fully (beta 1).
-AGREEMENT_RANGE = (0.5, 0.65)
+AGREEMENT_RANGE = (0.55, 0.65)
 
 
 def image_weight(gene_labels: ArrayLike, image_labels: ArrayLike, *, agreement_range=AGREEMENT_RANGE) -> tuple[float, float]:
