@@ -98,6 +98,10 @@ def test_the_image_moves_the_domains_where_only_it_sees_them():
     assert image["weight"] > 0 and image["used"] and 0 < image["share"] <= 1.5
     assert with_image.metrics["scores"]["after_refinement"]["ari"] > without.metrics["scores"]["after_refinement"]["ari"] + 0.1
     assert with_image.adata.uns["mihd"]["params"]["image_weight"] == image["weight"]
+    from mihd.train._outputs import summary_table
+
+    assert f"image: weight {image['weight']:.2f}" in summary_table(with_image.metrics)
+    assert "image:" not in summary_table(without.metrics)
 
 
 def test_an_image_without_spatial_information_is_left_out_exactly():
@@ -106,6 +110,9 @@ def test_an_image_without_spatial_information_is_left_out_exactly():
     none = train(compose("train", ["fusion=gated", "encoder.image=none", *_BASE]), adata=adata.copy(), write=False)
     assert shuffled.metrics["image"]["weight"] == 0 and shuffled.metrics["image"]["share"] == 0
     assert shuffled.metrics["modalities"] == none.metrics["modalities"] == {"gene": 30}
+    from mihd.train._outputs import summary_table
+
+    assert "left out: below 0.55" in summary_table(shuffled.metrics)
     np.testing.assert_array_equal(shuffled.adata.obs["mihd_gated"].to_numpy(), none.adata.obs["mihd_gated"].to_numpy())
 
 

@@ -43,6 +43,15 @@ def summary_table(metrics: dict) -> str:
              f"K={metrics['n_domains']}  spots={metrics['n_spots']}", head]
     for stage in ("before_refinement", "after_refinement"):
         lines.append(f"{stage:<20}" + "".join(f"{rows[stage][c]:>13.3f}" for c in cols))
+    image = metrics.get("image")
+    if image:
+        from ..joint import AGREEMENT_RANGE
+
+        why = (f"set by cluster.image_weight={image['setting']}" if image["setting"] != "auto"
+               else f"its own domains agree with the genes' at AMI {image['agreement']:.2f}")
+        used = f"share of the embedding {image['share']:.2f}" if image["weight"] > 0 else (
+            "left out" + (f": below {AGREEMENT_RANGE[0]}" if image["setting"] == "auto" else ""))
+        lines.append(f"image: weight {image['weight']:.2f} ({why}; {used})")
     t = metrics["timing_seconds"]
     lines.append(f"time: prepare {t['prepare']} s, train {t['train']} s, cluster {t['cluster']} s, total {t['total']} s")
     return "\n".join(lines)
