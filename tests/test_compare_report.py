@@ -128,3 +128,18 @@ def test_issue25_lines_name_losses_the_worst_dataset_and_the_image_gain(compare)
     assert any("worst dataset of `gated`: dlpfc_pooled_151673 0.420 (depth share of its gene PCs 0.91)" in x for x in lines)
     row = next(x for x in lines if x.startswith("| dlpfc_151673 | gated |"))
     assert "+0.010" in row and "+0.005" in row  # gain 0.61 - 0.60, permuted - without 0.605 - 0.60
+
+
+def test_image_benchmark_tables_show_with_without_permuted_and_gain(load_script, tmp_path):
+    tables = load_script("benchmarks/image/tables.py")
+    rows = []
+    for seed in range(2):
+        for variant, ari in (("default", 0.95), ("no_image", 0.62), ("permuted_image", 0.62)):
+            rows.append({"status": "ok", "slice": "synth", "fusion": "gated", "variant": variant, "seed": seed,
+                         "ari_after": ari, "image_weight": 1.0 if variant == "default" else 0.0,
+                         "image_agreement": 0.7, "image_share": 0.8 if variant == "default" else 0.0})
+    path = tmp_path / "results.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    text = tables.table(str(path))
+    line = next(r for r in text.splitlines() if r.startswith("| synth | gated |"))
+    assert "0.950 ± 0.000" in line and "+0.330" in line and "+0.000" in line and "| 1.00 |" in line
