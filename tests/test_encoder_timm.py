@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -62,8 +61,10 @@ def test_state_dict_without_model_name_explains(tmp_path):
         get_image_encoder("timm")(checkpoint=str(path), device="cpu")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed; the error path does not apply")
-def test_state_dict_with_model_name_needs_timm(tmp_path):
+def test_state_dict_with_model_name_needs_timm(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # as where timm is not installed: `import timm` fails
     path = tmp_path / "weights.pth"
     torch.save(TinyBackbone().state_dict(), path)
     enc = get_image_encoder("timm")(checkpoint=str(path), model_name="resnet18", device="cpu")
